@@ -1,0 +1,41 @@
+# llmkit developer commands. `make install` then `make test` is all a fresh machine needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_PIN ?= torch==2.13.0
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export LLMKIT_DATA_DIR ?= $(abspath ../shared/data)
+
+.PHONY: install test test-slow lint quickstart bench bench-full clean
+
+install:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH_PIN)
+	$(BIN)/pip install --quiet -e ".[dev,slow]"
+
+test:
+	$(BIN)/python -m pytest -q -x tests
+
+test-slow:
+	$(BIN)/python -m pytest -q -m slow tests
+
+lint:
+	$(BIN)/ruff check llmkit tests benchmarks
+	$(BIN)/ruff format --check llmkit tests benchmarks
+
+quickstart:
+	$(BIN)/llmkit pretrain recipes/quickstart.yaml --overwrite
+	$(BIN)/llmkit eval recipes/quickstart.yaml --check
+	$(BIN)/llmkit predict runs/quickstart --text "The import statement"
+
+bench:
+	$(BIN)/python benchmarks/run.py --quick
+
+bench-full:
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf runs .pytest_cache

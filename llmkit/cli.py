@@ -1,0 +1,234 @@
+"""The `llmkit` command line: thin commands over `llmkit.pipeline`.
+
+Heavy libraries (torch, transformers, datasets) are imported inside command bodies so `llmkit --help`
+starts instantly. User errors print one line and exit 2 (`LLMKIT_DEBUG=1` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from llmkit.errors import LlmkitError
+
+app = typer.Typer(
+    name="llmkit",
+    help="Pretrain and fine-tune GPT-2/BERT-family models from a recipe YAML.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+RecipeArg = Annotated[str, typer.Argument(help="Recipe YAML file, or the name of a shipped recipe (see `llmkit recipes`).")]
+OverridesArg = Annotated[
+    list[str] | None, typer.Argument(help="Recipe overrides as dotted key=value, e.g. training.learning_rate=1e-4.")
+]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output folder.")]
+ResumeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--resume",
+        help="Continue from the latest checkpoint in the output folder (`--resume latest`) or from a checkpoint folder.",
+    ),
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def reports_errors(command: F) -> F:
+    """Turn LlmkitError into one line on stderr and its exit code; tracebacks only with LLMKIT_DEBUG=1."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except LlmkitError as err:
+            if os.environ.get("LLMKIT_DEBUG"):
+                raise
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(err.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def recipes_root() -> Path:
+    """Shipped recipes: inside the installed package, or the repository's `recipes/` in a checkout."""
+    packaged = Path(__file__).parent / "recipes"
+    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "recipes"
+
+
+def resolve_recipe(name: str) -> Path:
+    """A path as given, or a shipped recipe by name (`ci/tiny-gpt2-clm`)."""
+    path = Path(name)
+    if path.exists() or path.suffix in (".yaml", ".yml"):
+        return path
+    shipped = recipes_root() / f"{name}.yaml"
+    return shipped if shipped.is_file() else path
+
+
+def load(recipe: str, overrides: list[str] | None) -> Any:
+    from llmkit.recipe import load_recipe
+
+    return load_recipe(resolve_recipe(recipe), overrides or [])
+
+
+def print_metrics(metrics: dict[str, Any], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
+def run_training(recipe_name: str, overrides: list[str] | None, overwrite: bool, resume: str | None, tasks: set[str]) -> None:
+    from llmkit import pipeline
+
+    recipe = load(recipe_name, overrides)
+    if recipe.task not in tasks:
+        raise LlmkitError(f"recipe field `task`: `{recipe.task}` is not for this command (use one of: {', '.join(sorted(tasks))})")
+    resume_from: str | bool | None = True if resume == "latest" else resume
+    metrics = pipeline.train(recipe, overwrite=overwrite, resume=resume_from)
+    if is_main_process():
+        shown = {k: v for k, v in metrics.items() if k.startswith("eval_") or k in ("perplexity", "train_loss")}
+        print_metrics(shown, f"{recipe.task} → {recipe.training.output_dir}")
+
+
+def is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+@app.command()
+@reports_errors
+def pretrain(recipe: RecipeArg, overrides: OverridesArg = None, overwrite: OverwriteOpt = False, resume: ResumeOpt = None) -> None:
+    """Pretrain (from scratch or continued) with a causal-LM or masked-LM objective.
+
+    Example: llmkit pretrain recipes/ci/tiny-gpt2-clm.yaml training.max_steps=200
+    """
+    run_training(recipe, overrides, overwrite, resume, {"clm", "mlm"})
+
+
+@app.command()
+@reports_errors
+def finetune(recipe: RecipeArg, overrides: OverridesArg = None, overwrite: OverwriteOpt = False, resume: ResumeOpt = None) -> None:
+    """Fine-tune for classification, summarization or question answering (or clm/mlm domain tuning).
+
+    Example: llmkit finetune recipes/bert-sst2.yaml training.num_train_epochs=1
+    """
+    run_training(recipe, overrides, overwrite, resume, {"clm", "mlm", "classification", "summarization", "qa"})
+
+
+@app.command("eval")
+@reports_errors
+def evaluate(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option("--checkpoint", help="Run folder to evaluate (default: the recipe's output_dir).")
+    ] = None,
+    check: Annotated[bool, typer.Option("--check", help="Exit 1 when a metric misses the recipe's `expect:` bar.")] = False,
+) -> None:
+    """Evaluate a trained run on the recipe's eval data; print a table and write metrics.json.
+
+    Example: llmkit eval recipes/ci/tiny-gpt2-clm.yaml --check
+    """
+    from llmkit import pipeline
+    from llmkit.errors import ExpectationsNotMet
+    from llmkit.recipe import meets
+
+    loaded = load(recipe, overrides)
+    metrics, folder = pipeline.evaluate(loaded, checkpoint)
+    print_metrics(metrics, f"eval of {folder}")
+    if check:
+        missed = []
+        for name, bar in loaded.expect.items():
+            if name not in metrics:
+                raise LlmkitError(f"recipe field `expect.{name}`: no such metric (metrics: {', '.join(metrics)})")
+            if not meets(float(metrics[name]), bar):
+                missed.append(f"{name} = {metrics[name]:.4g} (expected {bar})")
+        if missed:
+            raise ExpectationsNotMet("expectations not met: " + "; ".join(missed))
+        typer.echo(f"all {len(loaded.expect)} expectations met")
+
+
+@app.command()
+@reports_errors
+def check(recipe: RecipeArg, overrides: OverridesArg = None) -> None:
+    """Validate a recipe and its data without training: examples, token lengths, planned steps.
+
+    Example: llmkit check recipes/ci/tiny-bert-mlm.yaml
+    """
+    from llmkit.check import report
+
+    report(load(recipe, overrides))
+
+
+@app.command()
+@reports_errors
+def recipes(name: Annotated[str | None, typer.Argument(help="Print this recipe instead of listing them.")] = None) -> None:
+    """List the shipped recipes, or print one.
+
+    Example: llmkit recipes ci/tiny-gpt2-clm
+    """
+    root = recipes_root()
+    if name is not None:
+        path = root / f"{name.removesuffix('.yaml')}.yaml"
+        if not path.is_file():
+            raise LlmkitError(f"no shipped recipe `{name}` (see `llmkit recipes`)")
+        typer.echo(path.read_text(encoding="utf-8"), nl=False)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    import yaml
+
+    table = Table(title=f"recipes in {root}")
+    for column in ("name", "task", "model", "data"):
+        table.add_column(column)
+    for path in sorted(root.rglob("*.yaml")):
+        content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        model = content.get("model", {}) or {}
+        table.add_row(
+            str(path.relative_to(root).with_suffix("")),
+            str(content.get("task", "(extends)")),
+            str(model.get("name_or_path") or (model.get("from_config") or {}).get("model_type", "")),
+            str((content.get("data", {}) or {}).get("train", "")),
+        )
+    Console().print(table)
+
+
+@app.command()
+@reports_errors
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by pretrain/finetune.")],
+    text: Annotated[list[str] | None, typer.Option("--text", help="Input text (repeatable).")] = None,
+    file: Annotated[Path | None, typer.Option("--file", help="A .jsonl file of inputs (one object per line) or .txt.")] = None,
+) -> None:
+    """Run a trained model on new inputs: label, summary, answer, continuation or mask fills.
+
+    Example: llmkit predict runs/bert-sst2 --text "a gripping, funny film"
+    """
+    import json
+
+    from llmkit.predict import predict_rows, read_inputs
+
+    rows = read_inputs(run_dir, text or [], file)
+    for record in predict_rows(run_dir, rows):
+        typer.echo(json.dumps(record, ensure_ascii=False))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

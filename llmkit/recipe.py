@@ -1,0 +1,347 @@
+"""The recipe: a typed, validated, frozen description of one run.
+
+A recipe is a YAML file (read with `yaml.safe_load`), optionally `extends:` another one, and can be changed
+from the command line with dotted `key=value` overrides. Everything downstream receives the `Recipe`
+object unchanged; no code reads raw dictionaries. Errors name the recipe field and what was expected.
+No torch/transformers import at module level: `llmkit --help` must stay fast.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from llmkit.errors import LlmkitError, did_you_mean
+
+TaskName = Literal["clm", "mlm", "classification", "summarization", "qa"]
+EXPECT_PATTERN = re.compile(r"^\s*(>=|<=|>|<|==)\s*(-?[0-9.eE+-]+)\s*$")
+
+
+class Section(BaseModel):
+    """Base of every recipe section: unknown keys are errors, values never change after validation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(Section):
+    name_or_path: str | None = Field(None, description="Hub id or local folder of a pretrained checkpoint.")
+    from_config: dict[str, Any] | None = Field(
+        None, description="Build an untrained model instead: {model_type: gpt2, n_layer: 2, ...}."
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to load.")
+    trust_remote_code: bool = Field(False, description="Run code shipped with the checkpoint (off by default).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = Field(
+        None, description="Weights dtype when loading; null keeps float32."
+    )
+    attn_implementation: str | None = Field(
+        None, description="Attention kernel (eager, sdpa, flash_attention_2); null picks sdpa where supported."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSection:
+        if (self.name_or_path is None) == (self.from_config is None):
+            raise ValueError("set exactly one of `model.name_or_path` or `model.from_config`")
+        if self.from_config is not None and "model_type" not in self.from_config:
+            raise ValueError("`model.from_config` needs a `model_type` (e.g. gpt2, bert)")
+        return self
+
+
+class TokenizerTrainSection(Section):
+    kind: Literal["bpe", "wordpiece"] = Field(description="bpe (GPT-2 style, byte level) or wordpiece (BERT style).")
+    vocab_size: int = Field(8000, ge=64, description="Vocabulary size of the trained tokenizer.")
+    min_frequency: int = Field(2, ge=1, description="Minimum count for a merge / word piece.")
+
+
+class TokenizerSection(Section):
+    name_or_path: str | None = Field(None, description="Tokenizer hub id or folder; defaults to the model's.")
+    train: TokenizerTrainSection | None = Field(None, description="Train a new tokenizer on data.train's text.")
+
+    @model_validator(mode="after")
+    def _not_both(self) -> TokenizerSection:
+        if self.name_or_path and self.train:
+            raise ValueError("set `tokenizer.name_or_path` or `tokenizer.train`, not both")
+        return self
+
+
+class DataSection(Section):
+    train: str = Field(description="Hub dataset id, or a local file/folder (.txt .csv .tsv .json .jsonl .parquet).")
+    eval: str | None = Field(None, description="Eval split name (hub) or file; or use validation_split.")
+    config_name: str | None = Field(None, description="Hub dataset configuration (e.g. sst2 for glue).")
+    train_split: str = Field("train", description="Split of a hub dataset (or folder) to train on.")
+    validation_split: float | None = Field(
+        None, gt=0, lt=1, description="Fraction of train held out for eval when there is no eval set."
+    )
+    columns: dict[str, str] = Field(default_factory=dict, description="Task roles → dataset column names.")
+    max_length: int = Field(512, ge=8, description="Tokens per example (block size when packing).")
+    packing: bool = Field(True, description="clm/mlm: concatenate documents into full blocks (no padding).")
+    max_train_samples: int | None = Field(None, ge=1, description="Keep only the first N training rows.")
+    max_eval_samples: int | None = Field(None, ge=1, description="Keep only the first N eval rows.")
+    num_proc: int | None = Field(None, ge=1, description="Processes for tokenization (default: 1).")
+    mlm_probability: float = Field(0.15, gt=0, lt=1, description="mlm: fraction of tokens masked.")
+    whole_word_mask: bool = Field(False, description="mlm: mask all pieces of a word together.")
+    prompt_separator: str = Field("\nTL;DR:", description="Decoder summarization/QA: text between prompt and target.")
+    max_target_length: int = Field(128, ge=1, description="Summarization/generative QA: tokens kept of the target.")
+    doc_stride: int = Field(128, ge=1, description="Extractive QA: overlap between windows of a long context.")
+    max_answer_length: int = Field(30, ge=1, description="Extractive QA: longest answer span in tokens.")
+    n_best_size: int = Field(20, ge=1, description="Extractive QA: start/end candidates considered.")
+    version_2_with_negative: bool = Field(False, description="QA: some questions have no answer (SQuAD v2).")
+    null_score_diff_threshold: float = Field(0.0, description="SQuAD v2: predict no answer above this margin.")
+
+    @field_validator("columns")
+    @classmethod
+    def _columns_are_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for role, column in value.items():
+            if not isinstance(column, str) or not column:
+                raise ValueError(f"column for role `{role}` must be a column name")
+        return value
+
+
+class TrainingSection(BaseModel):
+    """Hugging Face `TrainingArguments` fields; the common ones are typed here, the rest are checked by name."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    output_dir: str = Field(description="Run folder: model, checkpoints, metrics, logs.")
+    num_train_epochs: float = Field(3.0, gt=0)
+    max_steps: int = Field(-1, ge=-1)
+    learning_rate: float = Field(5e-5, gt=0)
+    per_device_train_batch_size: int = Field(8, ge=1)
+    per_device_eval_batch_size: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    warmup_steps: float = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    seed: int = Field(42, ge=0)
+    logging_steps: float = Field(10, gt=0)
+
+    @model_validator(mode="after")
+    def _known_arguments(self) -> TrainingSection:
+        extra = self.model_extra or {}
+        if not extra:
+            return self
+        names = training_argument_names()
+        for key in extra:
+            if key not in names:
+                raise ValueError(f"unknown TrainingArguments field `{key}`{did_you_mean(key, names)}")
+        return self
+
+    def arguments(self) -> dict[str, Any]:
+        """Everything set here, as TrainingArguments keyword arguments."""
+        return self.model_dump()
+
+
+class PeftSection(Section):
+    method: Literal["lora"] = "lora"
+    r: int = Field(8, ge=1, description="LoRA rank.")
+    alpha: int = Field(16, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: Literal["auto"] | list[str] = Field("auto", description="auto picks per architecture.")
+    modules_to_save: list[str] | None = Field(None, description="Extra modules trained in full (task heads are).")
+
+
+class GenerationSection(Section):
+    max_new_tokens: int = Field(64, ge=1)
+    num_beams: int = Field(1, ge=1)
+    do_sample: bool = False
+    temperature: float | None = Field(None, gt=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    no_repeat_ngram_size: int = Field(0, ge=0)
+    repetition_penalty: float | None = Field(None, gt=0)
+    batch_size: int = Field(16, ge=1, description="Prompts generated together (left-padded).")
+
+
+class Recipe(Section):
+    task: TaskName
+    model: ModelSection
+    tokenizer: TokenizerSection = Field(default_factory=TokenizerSection)
+    data: DataSection
+    training: TrainingSection
+    peft: PeftSection | None = None
+    generation: GenerationSection = Field(default_factory=GenerationSection)
+    expect: dict[str, str] = Field(default_factory=dict, description='Metric bars, e.g. {eval_accuracy: ">= 0.8"}.')
+
+    @field_validator("expect")
+    @classmethod
+    def _expect_format(cls, value: dict[str, str]) -> dict[str, str]:
+        for metric, bar in value.items():
+            if not EXPECT_PATTERN.match(str(bar)):
+                raise ValueError(f"`{metric}: {bar}` should look like \">= 0.85\" (one of >= <= > < ==, a number)")
+        return value
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def training_argument_names() -> set[str]:
+    """Keyword arguments TrainingArguments accepts (imported lazily: transformers is heavy)."""
+    import inspect
+
+    from transformers import Seq2SeqTrainingArguments
+
+    return set(inspect.signature(Seq2SeqTrainingArguments.__init__).parameters) - {"self"}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """A recipe file's content as a mapping, with one-line errors for missing/invalid files."""
+    if not path.is_file():
+        raise LlmkitError(f"recipe file not found: {path}")
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise LlmkitError(f"recipe file {path} is not UTF-8 text") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise LlmkitError(f"recipe file {path} is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    if not isinstance(content, dict):
+        raise LlmkitError(f"recipe file {path} must be a mapping of sections (task:, model:, data:, training:)")
+    return content
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` wins; nested mappings merge key by key."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def resolve_extends(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a recipe and the chain of recipes it `extends:` (paths relative to the file)."""
+    path = path.resolve()
+    if path in seen:
+        raise LlmkitError(f"recipe `extends:` loops back to {path}")
+    content = read_yaml_mapping(path)
+    parent = content.pop("extends", None)
+    if parent is None:
+        return content
+    if not isinstance(parent, str):
+        raise LlmkitError(f"recipe field `extends` in {path} must be a file path")
+    return deep_merge(resolve_extends(path.parent / parent, (*seen, path)), content)
+
+
+def apply_overrides(content: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides; values are parsed as YAML (`3`, `1e-4`, `true`, `[a, b]`)."""
+    result = deep_merge({}, content)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key):
+            raise LlmkitError(f"bad override `{item}`: expected key=value with a dotted recipe field, e.g. training.seed=1")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            raise LlmkitError(f"bad override `{item}`: the value is not valid YAML") from None
+        node = result
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise LlmkitError(f"bad override `{item}`: `{'.'.join(parts[: i + 1])}` is not a section")
+            else:
+                child = node[part] = dict(child)
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the section at a validation-error location (for 'did you mean')."""
+    model: Any = Recipe
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    """All problems of a ValidationError on one line, each naming its recipe field."""
+    messages = []
+    for item in err.errors():
+        loc = tuple(str(p) for p in item["loc"] if not str(p).startswith(("function-", "literal[")))
+        field = ".".join(loc)
+        if item["type"] == "extra_forbidden":
+            parent, key = item["loc"][:-1], str(item["loc"][-1])
+            messages.append(f"unknown recipe field `{field}`{did_you_mean(key, _fields_at(parent))}")
+            continue
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "missing":
+            messages.append(f"recipe field `{field}` is required")
+        elif field:
+            got = item.get("input")
+            shown = f" (got {got!r})" if not isinstance(got, dict | list) and got is not None else ""
+            messages.append(f"recipe field `{field}`: {message}{shown}")
+        else:
+            messages.append(message)
+    return "; ".join(messages)
+
+
+ENV_PATTERN = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def expand_env(value: Any, where: str = "") -> Any:
+    """Replace `${VAR}` / `${VAR:-default}` in string values, so recipes can point at data folders."""
+    import os
+
+    if isinstance(value, dict):
+        return {k: expand_env(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, where) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is None:
+            raise LlmkitError(f"recipe field `{where}`: environment variable `{name}` is not set")
+        return default
+
+    return ENV_PATTERN.sub(substitute, value)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, merge, override and validate a recipe. Raises LlmkitError with a one-line message."""
+    content = apply_overrides(resolve_extends(Path(path)), overrides or [])
+    return recipe_from_mapping(expand_env(content))
+
+
+def recipe_from_mapping(content: dict[str, Any]) -> Recipe:
+    try:
+        return Recipe.model_validate(content)
+    except ValidationError as err:
+        raise LlmkitError(describe_validation_error(err)) from None
+
+
+def parse_expectation(bar: str) -> tuple[str, float]:
+    match = EXPECT_PATTERN.match(bar)
+    assert match, bar  # validated when the recipe was loaded
+    return match.group(1), float(match.group(2))
+
+
+def meets(value: float, bar: str) -> bool:
+    op, threshold = parse_expectation(bar)
+    return {
+        ">=": value >= threshold,
+        "<=": value <= threshold,
+        ">": value > threshold,
+        "<": value < threshold,
+        "==": value == threshold,
+    }[op]

@@ -1,0 +1,144 @@
+"""The Task object: everything that differs between tasks, behind one interface.
+
+A task bundles its model head, its column roles, its preprocessing, its collator and its evaluation.
+The pipeline calls these hooks and never asks which task it runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from llmkit.errors import LlmkitError
+
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase, Trainer
+
+    from llmkit.recipe import Recipe
+
+
+@dataclass
+class Prepared:
+    """Model-ready features, plus the raw eval rows that post-processing needs (QA spans, references)."""
+
+    train: Dataset | None
+    eval: Dataset | None
+    eval_examples: Dataset | None = None
+
+
+@dataclass
+class Evaluation:
+    """Metrics (names as in the Hugging Face examples) and, for generation tasks, one record per example."""
+
+    metrics: dict[str, float]
+    predictions: list[dict[str, Any]] | None = None
+
+
+class Task:
+    """Default behaviour shared by all tasks; subclasses override what differs."""
+
+    name: ClassVar[str]
+    roles: ClassVar[tuple[str, ...]]
+    optional_roles: ClassVar[tuple[str, ...]] = ()
+    auto_class_name: ClassVar[str]
+    #: the transformers mapping that says which architectures have this head
+    mapping_name: ClassVar[str]
+    #: what the model needs to be for this task, in words, for error messages
+    needs: ClassVar[str]
+
+    # ------------------------------------------------------------------ model
+
+    def check_architecture(self, config: PretrainedConfig, recipe: Recipe) -> None:
+        """Reject a model that cannot do this task, before any weights are loaded."""
+        from llmkit.models import supports
+
+        if not supports(config, self.mapping_name):
+            raise LlmkitError(
+                f"task `{self.name}` needs {self.needs}; model type `{config.model_type}` "
+                f"({recipe.model.name_or_path or 'model.from_config'}) has no {self.auto_class_name} head"
+            )
+
+    def auto_class(self, config: PretrainedConfig) -> Any:
+        import transformers
+
+        return getattr(transformers, self.auto_class_name)
+
+    def config_overrides(self, recipe: Recipe, raw: DatasetDict) -> dict[str, Any]:
+        """Config values that depend on the data (e.g. the label set); saved with the model."""
+        return {}
+
+    def text_roles(self) -> tuple[str, ...]:
+        """Columns whose text a tokenizer trained for this task learns from."""
+        return self.roles
+
+    # ------------------------------------------------------------------ data
+
+    def preprocess(self, recipe: Recipe, raw: DatasetDict, tokenizer: PreTrainedTokenizerBase) -> Prepared:
+        raise NotImplementedError
+
+    def collator(self, recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> Callable[[list[dict]], Any]:
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(tokenizer)
+
+    # ------------------------------------------------------------------ training and evaluation
+
+    def trainer_class(self, config: PretrainedConfig) -> type[Trainer]:
+        from transformers import Trainer
+
+        return Trainer
+
+    def compute_metrics(self, recipe: Recipe) -> Callable[[Any], dict[str, float]] | None:
+        return None
+
+    def preprocess_logits_for_metrics(self) -> Callable[[Any, Any], Any] | None:
+        return None
+
+    def evaluate(
+        self, trainer: Trainer, prepared: Prepared, recipe: Recipe, tokenizer: PreTrainedTokenizerBase
+    ) -> Evaluation:
+        """Default: the Trainer's own evaluation (loss + compute_metrics)."""
+        metrics = trainer.evaluate(prepared.eval)
+        return Evaluation(with_perplexity(metrics))
+
+    # ------------------------------------------------------------------ inference
+
+    def predict(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: list[dict[str, Any]], recipe: Recipe
+    ) -> list[dict[str, Any]]:
+        raise LlmkitError(f"`llmkit predict` does not support task `{self.name}`")
+
+
+def with_perplexity(metrics: dict[str, float]) -> dict[str, float]:
+    """Add `perplexity = exp(eval_loss)` (inf instead of an overflow)."""
+    if "eval_loss" in metrics:
+        loss = metrics["eval_loss"]
+        metrics["perplexity"] = math.exp(loss) if loss < 700 else float("inf")
+    return metrics
+
+
+def tokenize(
+    dataset: Dataset,
+    function: Callable[[dict[str, list]], dict[str, list]],
+    recipe: Recipe,
+    description: str,
+    remove_columns: list[str] | None = None,
+) -> Dataset:
+    """Batched map of a tokenizing function; `datasets` caches the result by fingerprint."""
+    return dataset.map(
+        function,
+        batched=True,
+        num_proc=recipe.data.num_proc,
+        remove_columns=dataset.column_names if remove_columns is None else remove_columns,
+        desc=description,
+    )
+
+
+def require_nonempty_text(dataset: Dataset, role: str, split: str) -> None:
+    """Rows whose text is missing would silently vanish; name the column and row instead."""
+    for index, value in enumerate(dataset[role][:]):
+        if value is None:
+            raise LlmkitError(f"data column `{role}` is empty in {split} row {index}")

@@ -1,0 +1,60 @@
+"""Causal language modelling: packed blocks, next-token loss, perplexity."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from llmkit.tasks.base import Prepared, Task
+from llmkit.tasks.packing import lm_features
+
+if TYPE_CHECKING:
+    from datasets import DatasetDict
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from llmkit.recipe import Recipe
+
+
+class PadAndLabelCollator:
+    """Pads a batch and labels every real token, padding -100 (by attention mask, not by pad id:
+    GPT-2's pad is its EOS, which must stay a learned token)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.tokenizer.pad(
+            [{"input_ids": f["input_ids"]} for f in features], return_tensors="pt", return_attention_mask=True
+        )
+        labels = batch["input_ids"].clone()
+        labels[batch["attention_mask"] == 0] = -100
+        batch["labels"] = labels
+        return batch
+
+
+class CausalLM(Task):
+    name = "clm"
+    roles = ("text",)
+    auto_class_name = "AutoModelForCausalLM"
+    mapping_name = "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"
+    needs = "a causal language model (GPT-2, Llama, ...)"
+
+    def preprocess(self, recipe: Recipe, raw: DatasetDict, tokenizer: PreTrainedTokenizerBase) -> Prepared:
+        features = {
+            split: lm_features(dataset, tokenizer, recipe, split, append_eos=tokenizer.eos_token_id is not None)
+            for split, dataset in raw.items()
+        }
+        return Prepared(features.get("train"), features.get("eval"))
+
+    def collator(self, recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> Callable[[list[dict]], Any]:
+        return PadAndLabelCollator(tokenizer)
+
+    def predict(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: list[dict[str, Any]], recipe: Recipe
+    ) -> list[dict[str, Any]]:
+        """Continue each text."""
+        from llmkit.tasks.generation import generate
+
+        prompts = [str(row["text"]) for row in rows]
+        outputs = generate(model, tokenizer, [tokenizer(p)["input_ids"] for p in prompts], recipe.generation)
+        return [{"text": p, "continuation": o} for p, o in zip(prompts, outputs, strict=True)]
