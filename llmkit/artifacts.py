@@ -27,11 +27,24 @@ def check_output_dir(path: Path, overwrite: bool, resume: bool) -> None:
         raise LlmkitError(
             f"output folder {path} is not empty: pass --overwrite to replace it or --resume to continue it"
         )
-    existing = path
+    existing = path.absolute()
     while not existing.exists():
         existing = existing.parent
-    if not os.access(existing, os.W_OK):
+    if not existing.is_dir():
+        raise LlmkitError(f"recipe field `training.output_dir`: cannot create {path}: {existing} is a file")
+    if not _can_write_in(existing):
         raise LlmkitError(f"recipe field `training.output_dir`: {existing} is not writable")
+
+
+def _can_write_in(folder: Path) -> bool:
+    """Try it (a permission check alone is wrong for root, read-only mounts and full disks)."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
 
 
 def clear_output_dir(path: Path) -> None:
@@ -47,8 +60,9 @@ def is_run_folder(path: Path) -> bool:
 def save_model_atomically(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, output: Path) -> None:
     """Write the final model next to the run, then move it in: an interrupted save never leaves a half model."""
     staging = output / ".final.tmp"
-    if staging.exists():
+    if trainer.is_world_process_zero() and staging.exists():
         shutil.rmtree(staging)
+    trainer.accelerator.wait_for_everyone()  # no process writes into a folder another is still removing
     trainer.save_model(str(staging))
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(staging))
@@ -91,15 +105,25 @@ def write_recipe(output: Path, recipe: Recipe) -> None:
     (output / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
 
 
-def model_card(recipe: Recipe, metrics: dict[str, Any], adapter: bool) -> str:
-    """A README.md that says what the model is, what it was trained on, how well it does and how to load it."""
+def model_card(recipe: Recipe, metrics: dict[str, Any], adapter: bool, auto_class: str | None = None) -> str:
+    """A README.md that says what the model is, what it was trained on, how well it does and how to load it.
+
+    `auto_class`: the Auto class the run's task used (it can depend on the architecture, e.g. T5 vs GPT-2)."""
     from llmkit.tasks import TASKS
 
     base = recipe.model.name_or_path or f"{recipe.model.from_config} (built from config)"
+    split = recipe.data.validation_split
+    held_out = recipe.data.eval or (f"{split:.0%} of the training data, held out" if split else "none")
     rows = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items())
-    auto = TASKS[recipe.task].auto_class_name
+    auto = auto_class or TASKS[recipe.task].auto_class_name
+    run = recipe.training.output_dir
     load = (
-        f"from peft import AutoPeftModel\nmodel = AutoPeftModel.from_pretrained(\"{recipe.training.output_dir}\")"
+        # The tuned config (label names, pad id) lies beside the adapter; the base weights come from the base model.
+        f"from peft import PeftModel\nfrom transformers import AutoConfig, AutoTokenizer, {auto}\n"
+        f'base = {auto}.from_pretrained("{base}", config=AutoConfig.from_pretrained("{run}"))\n'
+        f'model = PeftModel.from_pretrained(base, "{run}")\n'
+        f'tokenizer = AutoTokenizer.from_pretrained("{run}")\n'
+        f"# or a plain transformers folder: llmkit merge {run} {run}-merged"
         if adapter
         else f"from transformers import {auto}, AutoTokenizer\n"
         f"model = {auto}.from_pretrained(\"{recipe.training.output_dir}\")\n"
@@ -110,7 +134,7 @@ def model_card(recipe: Recipe, metrics: dict[str, Any], adapter: bool) -> str:
 Trained with llmkit (`task: {recipe.task}`).
 
 - Base model: {base}
-- Data: {recipe.data.train}{f' (config {recipe.data.config_name})' if recipe.data.config_name else ''}; eval: {recipe.data.eval or (f'{recipe.data.validation_split:.0%} held out' if recipe.data.validation_split else 'none')}
+- Data: {recipe.data.train}{f' (config {recipe.data.config_name})' if recipe.data.config_name else ''}; eval: {held_out}
 - Max length: {recipe.data.max_length}; seed: {recipe.training.seed}
 - Fine-tuning: {'LoRA r=' + str(recipe.peft.r) if recipe.peft else 'full'}
 

@@ -1,94 +1,229 @@
-"""`llmkit check`: everything a run would do before its first step, shown instead of trained."""
+"""`llmkit check`: everything a run would do before its first step, shown instead of trained.
+
+It runs the same validation and data probe as training (so any error a run would meet before its first step
+shows up here, with the same one-line message), then prints what the model will be given: token lengths
+before truncation, the features, three training examples decoded back to text with the tokens that carry a
+loss marked, and the number of optimizer steps.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from datasets import Dataset
+    from collections.abc import Callable
+
+    from datasets import Dataset, DatasetDict
     from transformers import PreTrainedTokenizerBase
 
     from llmkit.recipe import Recipe
 
+#: rows per split whose raw text is tokenized for the length statistics (enough for a stable p95)
+LENGTH_SAMPLE = 20_000
+LEARNED_OPEN, LEARNED_CLOSE = "[[", "]]"
+
 
 def planned_steps(recipe: Recipe, train_rows: int, world_size: int = 1) -> int:
-    """Optimizer steps the run will take (what Trainer computes, without building it)."""
+    """Optimizer steps the run will take: Trainer's own arithmetic, without building a Trainer."""
     training = recipe.training
     if training.max_steps > 0:
         return training.max_steps
-    batches = math.ceil(train_rows / (training.per_device_train_batch_size * world_size))
-    per_epoch = max(batches // training.gradient_accumulation_steps, 1)
+    per_batch = training.per_device_train_batch_size * world_size
+    drop_last = bool((training.model_extra or {}).get("dataloader_drop_last"))
+    batches = train_rows // per_batch if drop_last else math.ceil(train_rows / per_batch)
+    per_epoch = max(math.ceil(batches / training.gradient_accumulation_steps), 1)
     return math.ceil(training.num_train_epochs * per_epoch)
 
 
-def length_stats(dataset: Dataset) -> dict[str, float]:
-    import numpy as np
+@dataclass
+class Lengths:
+    """A token-length distribution and how many rows are longer than `limit`."""
+
+    rows: int
+    min: int
+    mean: float
+    p50: float
+    p95: float
+    max: int
+    over: int
+
+    @classmethod
+    def of(cls, lengths: Any, limit: int) -> Lengths:
+        import numpy as np
+
+        values = np.asarray(lengths, dtype=np.int64)
+        if values.size == 0:
+            return cls(0, 0, 0.0, 0.0, 0.0, 0, 0)
+        return cls(
+            rows=int(values.size),
+            min=int(values.min()),
+            mean=float(values.mean()),
+            p50=float(np.percentile(values, 50)),
+            p95=float(np.percentile(values, 95)),
+            max=int(values.max()),
+            over=int((values > limit).sum()),
+        )
+
+
+def feature_lengths(dataset: Dataset, limit: int) -> Lengths:
+    """Lengths of the model inputs (after truncation or packing)."""
     import pyarrow.compute as pc
 
-    lengths = pc.list_value_length(dataset.data.column("input_ids")).to_numpy()
-    return {
-        "rows": len(lengths),
-        "min": int(lengths.min()),
-        "mean": float(lengths.mean()),
-        "p50": float(np.percentile(lengths, 50)),
-        "p95": float(np.percentile(lengths, 95)),
-        "max": int(lengths.max()),
-    }
+    return Lengths.of(pc.list_value_length(dataset.data.column("input_ids")).to_numpy(), limit)
 
 
-def render_example(row: dict[str, Any], tokenizer: PreTrainedTokenizerBase, limit: int = 400) -> str:
-    """Decode a feature back to text; tokens that carry a loss are shown inside [[ ]]."""
-    ids = list(row["input_ids"])
-    labels = row.get("labels")
-    if not isinstance(labels, list) or len(labels) != len(ids):
-        text = tokenizer.decode(ids)
-        suffix = f"  → label {labels}" if labels is not None else ""
-        return (text[:limit] + ("…" if len(text) > limit else "")) + suffix
-    pieces, current, learned = [], [], None
-    for token, label in zip(ids, labels, strict=True):
-        is_learned = label != -100
-        if learned is not None and is_learned != learned:
-            pieces.append(_span(tokenizer.decode(current), learned))
-            current = []
-        current.append(token if not is_learned or label == token else label)
-        learned = is_learned
-    if current:
-        pieces.append(_span(tokenizer.decode(current), bool(learned)))
-    text = "".join(pieces)
-    return text[:limit] + ("…" if len(text) > limit else "")
+def is_packed(dataset: Dataset) -> bool:
+    """Packed features are fixed-size blocks (clm/mlm with `data.packing`)."""
+    import pyarrow as pa
+
+    return pa.types.is_fixed_size_list(dataset.data.column("input_ids").type)
 
 
-def _span(text: str, learned: bool) -> str:
-    return f"[[{text}]]" if learned else text
+def text_lengths(
+    raw: DatasetDict, roles: tuple[str, ...], tokenizer: PreTrainedTokenizerBase, limit: int
+) -> dict[tuple[str, str], Lengths]:
+    """(split, role) → token lengths of the raw text, before any truncation; `+`-joined roles for their sum."""
+    result: dict[tuple[str, str], Lengths] = {}
+    for split, dataset in raw.items():
+        rows = dataset.select(range(min(len(dataset), LENGTH_SAMPLE)))
+        per_role = {}
+        for role in (r for r in roles if getattr(rows.features.get(r), "dtype", None) in ("string", "large_string")):
+            texts = [text or "" for text in list(rows[role])]
+            per_role[role] = [len(ids) for ids in tokenizer(texts, truncation=False, verbose=False)["input_ids"]]
+            result[split, role] = Lengths.of(per_role[role], limit)
+        if len(per_role) > 1:
+            together = [sum(values) for values in zip(*per_role.values(), strict=True)]
+            result[split, "+".join(per_role)] = Lengths.of(together, limit)
+    return result
+
+
+def examples(
+    features: Dataset,
+    collator: Callable[[list[dict]], Any],
+    tokenizer: PreTrainedTokenizerBase,
+    id2label: dict[int, str] | None = None,
+    count: int = 3,
+    limit: int = 600,
+) -> list[str]:
+    """The first training examples as the model receives them (after the task's collator, so MLM masking and
+    label padding are applied), decoded, with the tokens that carry a loss inside [[ ]]."""
+    rows = [dict(features[index]) for index in range(min(count, len(features)))]
+    if not rows:
+        return []
+    batch = {key: value.tolist() if hasattr(value, "tolist") else value for key, value in collator(rows).items()}
+    rendered = []
+    for index in range(len(rows)):
+        ids = batch["input_ids"][index]
+        real = batch.get("attention_mask", [[1] * len(ids)] * len(rows))[index]
+        kept = [position for position, mask in enumerate(real) if mask]
+        text = _render(batch, index, kept, tokenizer, id2label or {})
+        rendered.append(text if len(text) <= limit else text[:limit] + "…")
+    return rendered
+
+
+def _render(
+    batch: dict[str, Any], index: int, kept: list[int], tokenizer: PreTrainedTokenizerBase, id2label: dict[int, str]
+) -> str:
+    ids = [batch["input_ids"][index][p] for p in kept]
+    labels = batch["labels"][index] if "labels" in batch else None
+    if "start_positions" in batch:  # extractive QA: the answer span inside the window
+        start, end = batch["start_positions"][index], batch["end_positions"][index]
+        if start == end == 0:
+            return tokenizer.decode(ids) + "  → no answer in this window"
+        marks = [start <= p <= end for p in kept]
+        return _marked(ids, ids, marks, tokenizer)
+    if isinstance(labels, list) and len(labels) == len(batch["input_ids"][index]):  # token-level labels
+        labels = [labels[p] for p in kept]
+        shown = [label if label != -100 else token for token, label in zip(ids, labels, strict=True)]
+        return _marked(ids, shown, [label != -100 for label in labels], tokenizer)
+    if isinstance(labels, list):  # encoder-decoder: the target is a separate sequence
+        target = tokenizer.decode([t for t in labels if t != -100], skip_special_tokens=True)
+        return f"{tokenizer.decode(ids)}  → {LEARNED_OPEN}{target}{LEARNED_CLOSE}"
+    if labels is not None:  # one label per example
+        name = id2label.get(int(labels), labels) if isinstance(labels, int) else labels
+        return f"{tokenizer.decode(ids)}  → label {LEARNED_OPEN}{name}{LEARNED_CLOSE}"
+    return tokenizer.decode(ids)
+
+
+def _marked(ids: list[int], shown: list[int], marks: list[bool], tokenizer: PreTrainedTokenizerBase) -> str:
+    """Decode with runs of marked tokens inside [[ ]]; a marked run shows what the model must produce (for MLM
+    the original tokens, not the masks). Prefixes are decoded whole so word-piece spacing stays right."""
+    sequence = [token if mark else original for original, token, mark in zip(ids, shown, marks, strict=True)]
+    pieces: list[str] = []
+    decoded_so_far, start = "", 0
+    for position in range(1, len(sequence) + 1):
+        if position == len(sequence) or marks[position] != marks[start]:
+            decoded = tokenizer.decode(sequence[:position])
+            text = (
+                decoded[len(decoded_so_far) :]
+                if decoded.startswith(decoded_so_far)
+                else tokenizer.decode(sequence[start:position])
+            )
+            pieces.append(f"{LEARNED_OPEN}{text}{LEARNED_CLOSE}" if marks[start] else text)
+            decoded_so_far, start = decoded, position
+    return "".join(pieces)
 
 
 def report(recipe: Recipe) -> None:
+    """Validate, probe and preprocess like a run would, and print what training would see; no model is loaded."""
     from rich.console import Console
     from rich.table import Table
 
     from llmkit.pipeline import setup
+    from llmkit.trainer import training_arguments
 
     console = Console()
+    args = training_arguments(recipe)
     run = setup(recipe)
     prepared = run.task.preprocess(recipe, run.raw, run.tokenizer)
-    console.print(f"[bold]recipe ok[/bold]: task `{recipe.task}`, model "
-                  f"{recipe.model.name_or_path or recipe.model.from_config}, tokenizer vocab {len(run.tokenizer)}")
-    table = Table(title="data")
-    for column in ("split", "raw rows", "features", "min", "mean", "p50", "p95", "max tokens"):
-        table.add_column(column)
-    for split, features in (("train", prepared.train), ("eval", prepared.eval)):
-        if features is None:
-            continue
-        stats = length_stats(features)
-        table.add_row(split, str(len(run.raw[split])), str(stats["rows"]), str(stats["min"]), f"{stats['mean']:.1f}",
-                      f"{stats['p50']:.0f}", f"{stats['p95']:.0f}", str(stats["max"]))
+    limit = recipe.data.max_length
+    model = recipe.model.name_or_path or f"{recipe.model.from_config.get('model_type')} built from config"
+    console.print(f"recipe ok: task `{recipe.task}`, model {model}, tokenizer vocab {len(run.tokenizer)}", markup=False)
+
+    sampled = any(len(dataset) > LENGTH_SAMPLE for dataset in run.raw.values())
+    table = Table(title="tokens per row, before truncation" + (f" (first {LENGTH_SAMPLE} rows)" if sampled else ""))
+    for column in ("split", "column", "rows", "min", "p50", "p95", "max", f"> {limit} tokens"):
+        table.add_column(column, justify="left" if column in ("split", "column") else "right")
+    for (split, role), stats in text_lengths(run.raw, run.task.text_roles(), run.tokenizer, limit).items():
+        table.add_row(split, role, *_cells(stats), f"{stats.over} ({stats.over / max(stats.rows, 1):.0%})")
     console.print(table)
+    if prepared.train is not None and is_packed(prepared.train):
+        console.print(f"packing: long rows continue into the next block of {limit} tokens; no text is cut off")
+    else:
+        console.print(f"rows longer than {limit} tokens are cut to fit (extractive QA: split into overlapping windows)")
+
+    table = Table(title="features (model inputs)")
+    for column in ("split", "raw rows", "features", "min", "p50", "p95", "max tokens"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    for split, features in (("train", prepared.train), ("eval", prepared.eval)):
+        if features is not None:
+            stats = feature_lengths(features, limit)
+            table.add_row(split, str(len(run.raw[split])), *_cells(stats))
+    console.print(table)
+
     if prepared.train is not None:
-        console.print("[bold]examples[/bold] (tokens with a loss inside [[ ]]):")
-        for index in range(min(3, len(prepared.train))):
-            console.print(f"  {index}: {render_example(prepared.train[index], run.tokenizer)!r}")
-        steps = planned_steps(recipe, len(prepared.train))
-        console.print(f"planned optimizer steps: {steps} "
-                      f"(batch {recipe.training.per_device_train_batch_size} × accumulation "
-                      f"{recipe.training.gradient_accumulation_steps}, per process)")
+        console.print("examples (tokens the model learns to predict are inside [[ ]]):", markup=False)
+        id2label = getattr(run.config, "id2label", None)
+        for index, text in enumerate(
+            examples(prepared.train, run.task.collator(recipe, run.tokenizer), run.tokenizer, id2label)
+        ):
+            console.print(f"  {index}: {text!r}", markup=False, highlight=False)
+        steps = planned_steps(recipe, len(prepared.train), args.world_size)
+        console.print(
+            f"planned optimizer steps: {steps} ({len(prepared.train)} training features, batch "
+            f"{recipe.training.per_device_train_batch_size} × {args.world_size} process(es) × accumulation "
+            f"{recipe.training.gradient_accumulation_steps})",
+            markup=False,
+        )
+    output = Path(recipe.training.output_dir)
+    if output.is_dir() and any(output.iterdir()):
+        console.print(
+            f"note: {output} is not empty: training needs --overwrite (replace) or --resume latest", markup=False
+        )
+
+
+def _cells(stats: Lengths) -> list[str]:
+    return [str(stats.rows), str(stats.min), f"{stats.p50:.0f}", f"{stats.p95:.0f}", str(stats.max)]

@@ -38,6 +38,17 @@ ResumeOpt = Annotated[
     ),
 ]
 
+ProcessesOpt = Annotated[
+    int,
+    typer.Option(
+        "--num-processes",
+        help="Train in N processes (one per GPU) by re-launching through `accelerate launch`.",
+    ),
+]
+CpuOpt = Annotated[
+    bool, typer.Option("--cpu", help="With --num-processes: run every process on the CPU (gloo backend).")
+]
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -51,7 +62,7 @@ def reports_errors(command: F) -> F:
         except LlmkitError as err:
             if os.environ.get("LLMKIT_DEBUG"):
                 raise
-            typer.echo(f"error: {err}", err=True)
+            typer.echo(f"{getattr(err, 'label', 'error')}: {err}", err=True)
             raise typer.Exit(err.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
@@ -90,14 +101,31 @@ def print_metrics(metrics: dict[str, Any], title: str) -> None:
     Console().print(table)
 
 
-def run_training(recipe_name: str, overrides: list[str] | None, overwrite: bool, resume: str | None, tasks: set[str]) -> None:
-    from llmkit import pipeline
+def run_training(
+    recipe_name: str,
+    overrides: list[str] | None,
+    overwrite: bool,
+    resume: str | None,
+    tasks: set[str],
+    num_processes: int = 1,
+    cpu: bool = False,
+) -> None:
+    from llmkit import launch, pipeline
+    from llmkit.errors import Interrupted
 
     recipe = load(recipe_name, overrides)
     if recipe.task not in tasks:
-        raise LlmkitError(f"recipe field `task`: `{recipe.task}` is not for this command (use one of: {', '.join(sorted(tasks))})")
+        allowed = ", ".join(sorted(tasks))
+        raise LlmkitError(f"recipe field `task`: `{recipe.task}` is not for this command (use one of: {allowed})")
+    if launch.needs_relaunch(num_processes, cpu):
+        raise typer.Exit(launch.relaunch(num_processes, cpu, launch.strip_launch_options(sys.argv[1:])))
     resume_from: str | bool | None = True if resume == "latest" else resume
-    metrics = pipeline.train(recipe, overwrite=overwrite, resume=resume_from)
+    try:
+        metrics = pipeline.train(recipe, overwrite=overwrite, resume=resume_from)
+    except Interrupted as stop:
+        if not is_main_process():
+            raise typer.Exit(stop.exit_code) from None  # rank 0 says it once
+        raise Interrupted(f"{stop}; to continue: {resume_command()}") from None
     if is_main_process():
         shown = {k: v for k, v in metrics.items() if k.startswith("eval_") or k in ("perplexity", "train_loss")}
         print_metrics(shown, f"{recipe.task} → {recipe.training.output_dir}")
@@ -107,24 +135,55 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def resume_command() -> str:
+    """This command line again, with `--resume latest` instead of --overwrite/--resume."""
+    from llmkit.launch import strip_launch_options
+
+    kept: list[str] = []
+    arguments = iter(sys.argv[1:])
+    for item in arguments:
+        if item == "--resume":
+            next(arguments, None)
+        elif item != "--overwrite" and not item.startswith("--resume="):
+            kept.append(item)
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    launch = ["--num-processes", str(processes)] if processes > 1 else []
+    return " ".join(["llmkit", *strip_launch_options(kept), *launch, "--resume", "latest"])
+
+
 @app.command()
 @reports_errors
-def pretrain(recipe: RecipeArg, overrides: OverridesArg = None, overwrite: OverwriteOpt = False, resume: ResumeOpt = None) -> None:
+def pretrain(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    overwrite: OverwriteOpt = False,
+    resume: ResumeOpt = None,
+    num_processes: ProcessesOpt = 1,
+    cpu: CpuOpt = False,
+) -> None:
     """Pretrain (from scratch or continued) with a causal-LM or masked-LM objective.
 
     Example: llmkit pretrain recipes/ci/tiny-gpt2-clm.yaml training.max_steps=200
     """
-    run_training(recipe, overrides, overwrite, resume, {"clm", "mlm"})
+    run_training(recipe, overrides, overwrite, resume, {"clm", "mlm"}, num_processes, cpu)
 
 
 @app.command()
 @reports_errors
-def finetune(recipe: RecipeArg, overrides: OverridesArg = None, overwrite: OverwriteOpt = False, resume: ResumeOpt = None) -> None:
+def finetune(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    overwrite: OverwriteOpt = False,
+    resume: ResumeOpt = None,
+    num_processes: ProcessesOpt = 1,
+    cpu: CpuOpt = False,
+) -> None:
     """Fine-tune for classification, summarization or question answering (or clm/mlm domain tuning).
 
     Example: llmkit finetune recipes/bert-sst2.yaml training.num_train_epochs=1
     """
-    run_training(recipe, overrides, overwrite, resume, {"clm", "mlm", "classification", "summarization", "qa"})
+    tasks = {"clm", "mlm", "classification", "summarization", "qa"}
+    run_training(recipe, overrides, overwrite, resume, tasks, num_processes, cpu)
 
 
 @app.command("eval")
@@ -224,6 +283,23 @@ def predict(
     rows = read_inputs(run_dir, text or [], file)
     for record in predict_rows(run_dir, rows):
         typer.echo(json.dumps(record, ensure_ascii=False))
+
+
+@app.command()
+@reports_errors
+def merge(
+    adapter_dir: Annotated[Path, typer.Argument(help="A LoRA run folder (it holds adapter_config.json).")],
+    out_dir: Annotated[Path, typer.Argument(help="Where to write the merged, plain model folder.")],
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Merge a LoRA adapter into its base model: a plain model folder (weights, tokenizer, recipe).
+
+    Example: llmkit merge runs/gpt2-sst2-lora runs/gpt2-sst2-merged
+    """
+    from llmkit.pipeline import merge_adapter
+
+    merge_adapter(adapter_dir, out_dir, overwrite)
+    typer.echo(f"merged model written to {out_dir}")
 
 
 def main() -> None:

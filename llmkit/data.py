@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,13 +48,21 @@ def _data_files(path: Path, field: str) -> list[Path]:
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in BUILDERS)
         if not files:
             raise LlmkitError(f"recipe field `data.{field}`: folder {path} has no {'/'.join(BUILDERS)} files")
+        suffixes = sorted({f.suffix.lower() for f in files})
+        if len({".json" if s == ".jsonl" else s for s in suffixes}) > 1:  # one reader reads them all
+            kinds = ", ".join(suffixes)
+            raise LlmkitError(f"recipe field `data.{field}`: folder {path} mixes file kinds ({kinds}); keep one kind")
         return files
     if path.suffix.lower() not in BUILDERS:
-        raise LlmkitError(
-            f"recipe field `data.{field}`: {path.name} has an unsupported extension (expected one of {', '.join(BUILDERS)})"
-        )
+        expected = ", ".join(BUILDERS)
+        raise LlmkitError(f"recipe field `data.{field}`: {path.name} has an unsupported extension (use {expected})")
     if path.stat().st_size == 0:
         raise LlmkitError(f"recipe field `data.{field}`: {path} is empty")
+    try:
+        with path.open("rb") as handle:
+            handle.read(1)
+    except OSError as err:
+        raise LlmkitError(f"recipe field `data.{field}`: cannot read {path}: {err.strerror or err}") from None
     return [path]
 
 
@@ -115,7 +126,8 @@ def load_local(path: Path, field: str) -> Dataset:
         if record_field:
             options["field"] = record_field
     try:
-        dataset = load_dataset(builder, data_files=[str(f) for f in files], split="train", **options)
+        with quiet_progress(), no_datasets_logs():
+            dataset = load_dataset(builder, data_files=[str(f) for f in files], split="train", **options)
     except UnicodeDecodeError:
         raise LlmkitError(f"recipe field `data.{field}`: {path} is not UTF-8 text") from None
     except Exception as err:  # datasets wraps parser errors in many types
@@ -129,6 +141,37 @@ def load_local(path: Path, field: str) -> Dataset:
     return dataset
 
 
+@contextmanager
+def quiet_progress(when: bool = True) -> Iterator[None]:
+    """No `datasets` progress bar for a step that takes a second or two: it is noise, and a data error found
+    during that step would share stderr with the bar instead of being the one line printed."""
+    import datasets
+
+    if when and datasets.is_progress_bar_enabled():
+        datasets.disable_progress_bars()
+        try:
+            yield
+        finally:
+            datasets.enable_progress_bars()
+    else:
+        yield
+
+
+@contextmanager
+def no_datasets_logs() -> Iterator[None]:
+    """`datasets` logs a parse failure before raising it; the one-line error raised here says it instead."""
+    import logging
+
+    from datasets.utils import logging as datasets_logging
+
+    level = datasets_logging.get_verbosity()
+    datasets_logging.set_verbosity(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        datasets_logging.set_verbosity(level)
+
+
 def load_hub(section: DataSection, split: str, field: str) -> Dataset:
     from datasets import load_dataset
 
@@ -136,7 +179,9 @@ def load_hub(section: DataSection, split: str, field: str) -> Dataset:
         return load_dataset(section.train, section.config_name, split=split)
     except Exception as err:
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise LlmkitError(f"recipe field `data.{field}`: cannot load `{section.train}` split `{split}`: {first}") from None
+        raise LlmkitError(
+            f"recipe field `data.{field}`: cannot load `{section.train}` split `{split}`: {first}"
+        ) from None
 
 
 def load_raw(section: DataSection) -> DatasetDict:
@@ -202,3 +247,51 @@ def map_columns(
         renames = {column: role for column, role in mapping.items() if column != role}
         result[split] = dataset.rename_columns(renames) if renames else dataset
     return type(raw)(result)
+
+
+def require_text(raw: DatasetDict, roles: tuple[str, ...], columns: dict[str, str]) -> None:
+    """Text roles must hold strings: numbers or mixed JSON values would otherwise fail deep inside the tokenizer."""
+    for split, dataset in raw.items():
+        for role in roles:
+            feature = dataset.features.get(role)
+            if feature is None:
+                continue
+            dtype = getattr(feature, "dtype", None)
+            if dtype not in ("string", "large_string"):
+                found = {"null": "only empty", None: type(feature).__name__}.get(dtype, dtype)
+                if found == "Json":
+                    found = "mixed-type JSON"
+                raise LlmkitError(
+                    f"data column `{columns.get(role, role)}` (role `{role}`) must hold text, "
+                    f"but the {split} data has {found} values"
+                )
+
+
+def fingerprints(section: DataSection, raw: DatasetDict) -> dict[str, Any]:
+    """What the run was trained on, so two runs can be compared: sha256 of local files, ids of hub datasets."""
+    result: dict[str, Any] = {}
+    for field in ("train", "eval"):
+        source = getattr(section, field)
+        if source is None:
+            continue
+        entry: dict[str, Any] = {"source": source}
+        path = Path(source)
+        if path.is_file() or path.is_dir():
+            files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.suffix.lower() in BUILDERS)
+            entry["sha256"] = {str(f): _sha256(f) for f in files}
+        else:
+            entry["config_name"] = section.config_name
+        result[field] = entry
+    if section.eval is None and section.validation_split is not None:
+        result["eval"] = {"source": f"{section.validation_split:g} of data.train, held out"}
+    for split, dataset in raw.items():
+        result.setdefault(split, {})["rows"] = len(dataset)
+    return result
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -32,3 +32,10 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """A ' (did you mean `x`?)' suffix when a close match exists, else ''."""
     match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean `{match[0]}`?)" if match else ""
+
+
+class Interrupted(LlmkitError):
+    """Training stopped on Ctrl-C/SIGTERM after saving a checkpoint; exit code 130 as for any Ctrl-C."""
+
+    exit_code = 130
+    label = "stopped"

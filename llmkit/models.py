@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llmkit.errors import LlmkitError
+from llmkit.errors import LlmkitError, did_you_mean
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -14,11 +14,22 @@ if TYPE_CHECKING:
     from llmkit.recipe import ModelSection, TokenizerSection, TokenizerTrainSection
 
 BPE_SPECIAL = "<|endoftext|>"
+#: any one of these makes a folder a tokenizer (fast, GPT-2 BPE, WordPiece, sentencepiece)
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "vocab.txt",
+    "tokenizer.model",
+    "spiece.model",
+)
 WORDPIECE_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def _hub_error(what: str, name: str, err: Exception) -> LlmkitError:
     """Turn a from_pretrained failure into one line the user can act on."""
+    if not Path(name).exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+        return LlmkitError(f"cannot load {what} `{name}`: no such folder")
     where = "local folder" if Path(name).exists() else "hub id (offline or not found?)"
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return LlmkitError(f"cannot load {what} `{name}` as a {where}: {first[:300]}")
@@ -29,21 +40,70 @@ def load_config(section: ModelSection, overrides: dict[str, Any] | None = None) 
     from transformers import AutoConfig
 
     if section.from_config is not None:
-        options = dict(section.from_config)
-        try:
-            return AutoConfig.for_model(options.pop("model_type"), **options, **(overrides or {}))
-        except (ValueError, KeyError, TypeError) as err:
-            raise LlmkitError(f"recipe field `model.from_config`: {err}") from None
+        return config_from_spec(section.from_config, overrides)
     name = str(section.name_or_path)
     if Path(name).exists() and not (Path(name) / "config.json").is_file() and not _is_adapter(Path(name)):
         raise LlmkitError(f"recipe field `model.name_or_path`: {name} is not a model folder (no config.json)")
-    base = adapter_base(Path(name)) if _is_adapter(Path(name)) else name
+    if Path(name).is_dir() and not _is_adapter(Path(name)) and not any(Path(name).glob("*.safetensors")):
+        raise LlmkitError(f"recipe field `model.name_or_path`: {name} has no *.safetensors weights (the format loaded)")
+    # An adapter folder keeps its tuned config (label maps, pad id) beside the adapter; else use the base's.
+    has_own_config = (Path(name) / "config.json").is_file()
+    base = adapter_base(Path(name)) if _is_adapter(Path(name)) and not has_own_config else name
     try:
         return AutoConfig.from_pretrained(
             base, revision=section.revision, trust_remote_code=section.trust_remote_code, **(overrides or {})
         )
     except (OSError, ValueError) as err:
         raise _hub_error("model", name, err) from None
+
+
+def config_from_spec(spec: dict[str, Any], overrides: dict[str, Any] | None = None) -> PretrainedConfig:
+    """The config of a model built from scratch. An unknown model type or setting is a typo (transformers
+    would keep an unknown key silently), so both are errors with a suggestion."""
+    import inspect
+
+    from transformers import CONFIG_MAPPING, PretrainedConfig
+
+    options = dict(spec)
+    model_type = str(options.pop("model_type"))
+    if model_type not in CONFIG_MAPPING:
+        hint = did_you_mean(model_type, CONFIG_MAPPING.keys())
+        raise LlmkitError(f"recipe field `model.from_config.model_type`: unknown model type `{model_type}`{hint}")
+    config_class = CONFIG_MAPPING[model_type]
+    known = (
+        set(config_class().to_dict())
+        | set(getattr(config_class, "attribute_map", {}))
+        | set(inspect.signature(config_class.__init__).parameters)
+        | set(inspect.signature(PretrainedConfig.__init__).parameters)
+        | {"num_labels"}
+    )
+    for key in options:
+        if key not in known:
+            hint = did_you_mean(key, known)
+            raise LlmkitError(f"recipe field `model.from_config.{key}`: not a {config_class.__name__} setting{hint}")
+    try:
+        return config_class(**options, **(overrides or {}))
+    except Exception as err:  # strict config dataclasses raise their own validation error types
+        raise LlmkitError(f"recipe field `model.from_config`: {_one_line(err)}") from None
+
+
+def check_buildable(auto_class: Any, config: PretrainedConfig) -> None:
+    """Build the architecture on the meta device (no memory, no weights, milliseconds), so a config whose
+    values do not fit together (e.g. n_embd not divisible by n_head) fails before the data is processed."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            auto_class.from_config(config)
+    except Exception as err:
+        problem = _one_line(err)
+        raise LlmkitError(f"recipe field `model.from_config`: cannot build `{config.model_type}`: {problem}") from None
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception's message folded onto one line (config validation errors span several)."""
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return text[:300] if text else type(err).__name__
 
 
 def _is_adapter(path: Path) -> bool:
@@ -66,6 +126,10 @@ def load_tokenizer(section: TokenizerSection, model: ModelSection) -> PreTrained
         raise LlmkitError("`model.from_config` needs a tokenizer: set `tokenizer.name_or_path` or `tokenizer.train`")
     if _is_adapter(Path(name)) and not (Path(name) / "tokenizer_config.json").is_file():
         name = adapter_base(Path(name))
+    if Path(name).is_dir() and not any((Path(name) / file).is_file() for file in TOKENIZER_FILES):
+        field = "tokenizer.name_or_path" if section.name_or_path else "model.name_or_path"
+        known = ", ".join(TOKENIZER_FILES[:4])
+        raise LlmkitError(f"recipe field `{field}`: {name} has no tokenizer files ({known}, ...)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             name, revision=model.revision, trust_remote_code=model.trust_remote_code
@@ -123,6 +187,8 @@ def train_tokenizer(spec: TokenizerTrainSection, texts: Iterable[str]) -> PreTra
             cls_token="[CLS]",
             sep_token="[SEP]",
             mask_token="[MASK]",
+            # segment ids tell BERT which text of a pair (question/context, sentence pair) a token belongs to
+            model_input_names=["input_ids", "token_type_ids", "attention_mask"],
         )
     return ensure_pad_token(wrapped)
 
@@ -155,6 +221,8 @@ def build_model(
             token_id = getattr(tokenizer, name, None)
             if token_id is not None:
                 setattr(config, name, token_id)
+        if getattr(config, "is_encoder_decoder", False) and getattr(config, "decoder_start_token_id", None) is None:
+            config.decoder_start_token_id = tokenizer.pad_token_id  # T5's convention: decoding starts from pad
         model = auto_class.from_config(config, trust_remote_code=section.trust_remote_code)
     else:
         options: dict[str, Any] = {

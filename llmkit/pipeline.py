@@ -35,12 +35,14 @@ class Setup:
 
 def model_side(recipe: Recipe) -> tuple[Task, PretrainedConfig]:
     """The task and the model's config, checked against each other (no weights loaded)."""
-    from llmkit.models import load_config, max_positions
+    from llmkit.models import check_buildable, load_config, max_positions
     from llmkit.tasks import TASKS
 
-    task = TASKS[recipe.task]
     config = load_config(recipe.model)
+    task = TASKS[recipe.task].specialize(config, recipe)
     task.check_architecture(config, recipe)
+    if recipe.model.from_config is not None:
+        check_buildable(task.auto_class(config), config)
     positions = max_positions(config)
     if positions is not None and recipe.data.max_length > positions:
         raise LlmkitError(
@@ -51,11 +53,12 @@ def model_side(recipe: Recipe) -> tuple[Task, PretrainedConfig]:
 
 def setup(recipe: Recipe, need_train: bool = True) -> Setup:
     """Probe everything the user gave us (data, columns, model config, tokenizer) without loading weights."""
-    from llmkit.data import load_raw, map_columns
+    from llmkit.data import load_raw, map_columns, require_text
     from llmkit.models import load_tokenizer, train_tokenizer
 
     task, config = model_side(recipe)
     raw = map_columns(load_raw(recipe.data), recipe.data.columns, task.roles, task.optional_roles)
+    require_text(raw, task.text_roles(), recipe.data.columns)
     if not need_train and "eval" not in raw:
         raise LlmkitError("the recipe has no eval data: set `data.eval` or `data.validation_split`")
     if recipe.tokenizer.train is not None:
@@ -79,31 +82,69 @@ def setup_for_inference(recipe: Recipe) -> Setup:
 
 
 def load_model(run: Setup) -> Any:
-    from llmkit.models import build_model
+    """The model; a LoRA run folder is its base checkpoint with the trained adapter attached."""
+    from llmkit import adapters
+    from llmkit.models import adapter_base, build_model
 
-    return build_model(run.task.auto_class(run.config), run.recipe.model, run.config, run.tokenizer)
+    section = run.recipe.model
+    adapter = Path(str(section.name_or_path)) if adapters.is_adapter_folder(section.name_or_path) else None
+    if adapter is not None:
+        section = section.model_copy(update={"name_or_path": adapter_base(adapter)})
+    model = build_model(run.task.auto_class(run.config), section, run.config, run.tokenizer)
+    return adapters.attach(model, adapter) if adapter is not None else model
+
+
+def trainable_model(run: Setup) -> Any:
+    """The model to train: LoRA-wrapped when the recipe has `peft:`; says how much of it trains."""
+    from transformers import set_seed
+
+    from llmkit import adapters
+
+    # New weights (from config, task heads, LoRA) are drawn from the recipe's seed: same recipe, same start.
+    set_seed(run.recipe.training.seed)
+    model = load_model(run)
+    if run.recipe.peft is not None:
+        model = adapters.wrap(model, run.recipe.peft)
+    if is_main_process():
+        print(adapters.describe_trainable(model), flush=True)
+    return model
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a multi-process run (or the only process): the one that prints and writes."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
 
 
 def train(recipe: Recipe, overwrite: bool = False, resume: str | bool | None = None) -> dict[str, Any]:
     """Train, evaluate and write the run folder; returns the eval metrics."""
     from llmkit import artifacts
-    from llmkit.errors import TrainingDiverged
-    from llmkit.trainer import build_trainer, divergence_guard, training_arguments
+    from llmkit.errors import Interrupted, TrainingDiverged
+    from llmkit.trainer import StopOnSignal, build_trainer, divergence_guard, resolve_resume, training_arguments
 
     output = Path(recipe.training.output_dir)
     artifacts.check_output_dir(output, overwrite, bool(resume))
+    checkpoint = resolve_resume(output, resume)
     started = time.time()
-    run = setup(recipe)
     args = training_arguments(recipe)
+    run = setup(recipe)
     with args.main_process_first(desc="preprocessing"):
         prepared = run.task.preprocess(recipe, run.raw, run.tokenizer)
-    model = load_model(run)
-    guard = divergence_guard()
-    trainer = build_trainer(run.task, recipe, args, model, run.tokenizer, prepared, callbacks=[guard])
+    model = trainable_model(run)
+    guard, stop = divergence_guard(), StopOnSignal()
+    trainer = build_trainer(run.task, recipe, args, model, run.tokenizer, prepared, callbacks=[guard, stop.callback()])
     if overwrite and not resume and trainer.is_world_process_zero():
         artifacts.clear_output_dir(output)
     output.mkdir(parents=True, exist_ok=True)
-    result = trainer.train(resume_from_checkpoint=resume or None)
+    stop.install()
+    try:
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+    finally:
+        stop.restore()
+    if stop.stopped_at is not None:
+        saved = output / f"checkpoint-{stop.stopped_at}"
+        raise Interrupted(f"interrupted at step {stop.stopped_at}; checkpoint saved in {saved}")
     if guard.diverged_at is not None:
         raise TrainingDiverged(
             f"training diverged: the loss is not finite at step {guard.diverged_at}; "
@@ -111,14 +152,21 @@ def train(recipe: Recipe, overwrite: bool = False, resume: str | bool | None = N
         )
     evaluation = run.task.evaluate(trainer, prepared, recipe, run.tokenizer) if prepared.eval is not None else None
     metrics = {**result.metrics, **(evaluation.metrics if evaluation else {})}
+    # Every process takes part in the final save: FSDP and DeepSpeed gather the sharded weights collectively.
+    artifacts.save_model_atomically(trainer, run.tokenizer, output)
     if trainer.is_world_process_zero():
-        artifacts.save_model_atomically(trainer, run.tokenizer, output)
+        trainer.save_state()  # trainer_state.json: the full log history (losses, eval points)
+        if recipe.peft is not None:
+            from llmkit.adapters import save_base_config
+
+            save_base_config(trainer.model, output)
         write_results(output, recipe, evaluation, metrics)
         artifacts.plot_losses(trainer.state.log_history, output / "loss.png")
         (output / "README.md").write_text(
-            artifacts.model_card(recipe, metrics, adapter=recipe.peft is not None), encoding="utf-8"
+            artifacts.model_card(recipe, metrics, adapter=recipe.peft is not None, auto_class=run.task.auto_class_name),
+            encoding="utf-8",
         )
-        artifacts.write_json(output / "run.json", run_facts(recipe, started, trainer, prepared))
+        artifacts.write_json(output / "run.json", run_facts(recipe, started, trainer, prepared, run.raw))
     return metrics
 
 
@@ -131,7 +179,9 @@ def write_results(output: Path, recipe: Recipe, evaluation: Evaluation | None, m
         artifacts.write_predictions(output / "predictions.jsonl", evaluation.predictions)
 
 
-def run_facts(recipe: Recipe, started: float, trainer: Any, prepared: Prepared) -> dict[str, Any]:
+def run_facts(
+    recipe: Recipe, started: float, trainer: Any, prepared: Prepared, raw: DatasetDict | None = None
+) -> dict[str, Any]:
     """Versions, device, seed, data fingerprints and timing: what it takes to reproduce or compare a run."""
     import platform
     import subprocess
@@ -140,6 +190,7 @@ def run_facts(recipe: Recipe, started: float, trainer: Any, prepared: Prepared) 
     import transformers
 
     from llmkit import __version__
+    from llmkit.data import fingerprints
 
     try:
         commit = subprocess.run(
@@ -147,9 +198,8 @@ def run_facts(recipe: Recipe, started: float, trainer: Any, prepared: Prepared) 
         ).stdout.strip() or None
     except OSError:
         commit = None
-    wall = time.time() - started
-    metrics = trainer.state.log_history[-1] if trainer.state.log_history else {}
-    tokens = trainer.state.num_input_tokens_seen or None
+    train_log = next((e for e in reversed(trainer.state.log_history) if "train_runtime" in e), {})
+    samples_per_second = train_log.get("train_samples_per_second")
     return {
         "llmkit": __version__,
         "transformers": transformers.__version__,
@@ -159,21 +209,24 @@ def run_facts(recipe: Recipe, started: float, trainer: Any, prepared: Prepared) 
         "seed": recipe.training.seed,
         "device": str(trainer.args.device),
         "world_size": trainer.args.world_size,
-        "data_fingerprints": {
-            name: getattr(dataset, "_fingerprint", None)
-            for name, dataset in (("train", prepared.train), ("eval", prepared.eval))
-            if dataset is not None
-        },
+        "data_fingerprints": fingerprints(recipe.data, raw) if raw is not None else {},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "ended": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "wall_seconds": round(wall, 2),
-        "train_runtime": metrics.get("train_runtime"),
-        "train_samples_per_second": metrics.get("train_samples_per_second"),
-        "tokens_per_second": round(tokens / metrics["train_runtime"], 1)
-        if tokens and metrics.get("train_runtime")
+        "wall_seconds": round(time.time() - started, 2),
+        "train_runtime": train_log.get("train_runtime"),
+        "train_samples_per_second": samples_per_second,
+        "tokens_per_second": round(samples_per_second * mean_tokens(prepared.train), 1)
+        if samples_per_second and prepared.train is not None
         else None,
         "global_step": trainer.state.global_step,
     }
+
+
+def mean_tokens(features: Any) -> float:
+    """Real (unpadded) input tokens per training example: samples/s × this = tokens/s."""
+    from llmkit.tasks.packing import token_count
+
+    return token_count(features) / max(len(features), 1)
 
 
 def recipe_for_checkpoint(recipe: Recipe, checkpoint: Path) -> Recipe:
@@ -190,9 +243,14 @@ def recipe_for_checkpoint(recipe: Recipe, checkpoint: Path) -> Recipe:
 
 def evaluate(recipe: Recipe, checkpoint: Path | None = None) -> tuple[dict[str, Any], Path]:
     """Evaluate a trained run folder on the recipe's eval data; writes metrics.json there."""
+    from llmkit.artifacts import is_run_folder
     from llmkit.trainer import build_trainer, training_arguments
 
     folder = checkpoint or Path(recipe.training.output_dir)
+    if checkpoint is None and not is_run_folder(folder):
+        raise LlmkitError(
+            f"recipe field `training.output_dir`: no trained model in {folder} (train first or pass --checkpoint)"
+        )
     recipe = recipe_for_checkpoint(recipe, folder)
     run = setup(recipe, need_train=False)
     args = training_arguments(recipe, output_dir=str(folder), report_to="none")
@@ -218,3 +276,26 @@ def _prepare_eval(run: Setup) -> Prepared:
 
 def read_metrics(folder: Path) -> dict[str, Any]:
     return json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+
+
+def merge_adapter(adapter_dir: Path, out_dir: Path, overwrite: bool = False) -> Path:
+    """`llmkit merge`: a LoRA run folder → a plain model folder (merged weights, tokenizer, recipe)."""
+    from llmkit import adapters, artifacts
+    from llmkit.recipe import load_recipe
+
+    if not adapters.is_adapter_folder(adapter_dir):
+        raise LlmkitError(f"{adapter_dir} is not a LoRA run folder (no adapter_config.json)")
+    if not (adapter_dir / "recipe.yaml").is_file():
+        raise LlmkitError(f"{adapter_dir} has no recipe.yaml (was it written by llmkit finetune?)")
+    artifacts.check_output_dir(out_dir, overwrite, resume=False)
+    recipe = recipe_for_checkpoint(load_recipe(adapter_dir / "recipe.yaml"), adapter_dir)
+    run = setup_for_inference(recipe)
+    merged = adapters.merge(load_model(run))
+    staging = out_dir.parent / f".{out_dir.name}.tmp"
+    artifacts.clear_output_dir(staging)
+    merged.save_pretrained(str(staging))
+    run.tokenizer.save_pretrained(str(staging))
+    (staging / "recipe.yaml").write_text((adapter_dir / "recipe.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    artifacts.clear_output_dir(out_dir)
+    staging.rename(out_dir)
+    return out_dir

@@ -1,6 +1,6 @@
 """The recipe: a typed, validated, frozen description of one run.
 
-A recipe is a YAML file (read with `yaml.safe_load`), optionally `extends:` another one, and can be changed
+A recipe is a YAML file (read with a safe loader), optionally `extends:` another one, and can be changed
 from the command line with dotted `key=value` overrides. Everything downstream receives the `Recipe`
 object unchanged; no code reads raw dictionaries. Errors name the recipe field and what was expected.
 No torch/transformers import at module level: `llmkit --help` must stay fast.
@@ -8,6 +8,7 @@ No torch/transformers import at module level: `llmkit --help` must stay fast.
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from llmkit.errors import LlmkitError, did_you_mean
 
 TaskName = Literal["clm", "mlm", "classification", "summarization", "qa"]
+SUBFIELD_MESSAGE = re.compile(r"^field `([\w.]+)`: (.*)$", re.DOTALL)
+FLOAT_PATTERN = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)")
 EXPECT_PATTERN = re.compile(r"^\s*(>=|<=|>|<|==)\s*(-?[0-9.eE+-]+)\s*$")
 
 
@@ -68,7 +71,9 @@ class TokenizerSection(Section):
 
 
 class DataSection(Section):
-    train: str = Field(description="Hub dataset id, or a local file/folder (.txt .csv .tsv .json .jsonl .parquet).")
+    train: str = Field(
+        min_length=1, description="Hub dataset id, or a local file/folder (.txt .csv .tsv .json .jsonl .parquet)."
+    )
     eval: str | None = Field(None, description="Eval split name (hub) or file; or use validation_split.")
     config_name: str | None = Field(None, description="Hub dataset configuration (e.g. sst2 for glue).")
     train_split: str = Field("train", description="Split of a hub dataset (or folder) to train on.")
@@ -83,12 +88,19 @@ class DataSection(Section):
     num_proc: int | None = Field(None, ge=1, description="Processes for tokenization (default: 1).")
     mlm_probability: float = Field(0.15, gt=0, lt=1, description="mlm: fraction of tokens masked.")
     whole_word_mask: bool = Field(False, description="mlm: mask all pieces of a word together.")
-    prompt_separator: str = Field("\nTL;DR:", description="Decoder summarization/QA: text between prompt and target.")
+    prompt_separator: str | None = Field(
+        None, description="Text between prompt and target (default: \\nTL;DR: for summarization, \\nAnswer: for QA)."
+    )
     max_target_length: int = Field(128, ge=1, description="Summarization/generative QA: tokens kept of the target.")
     doc_stride: int = Field(128, ge=1, description="Extractive QA: overlap between windows of a long context.")
     max_answer_length: int = Field(30, ge=1, description="Extractive QA: longest answer span in tokens.")
     n_best_size: int = Field(20, ge=1, description="Extractive QA: start/end candidates considered.")
-    version_2_with_negative: bool = Field(False, description="QA: some questions have no answer (SQuAD v2).")
+    version_2_with_negative: bool = Field(
+        False, description="QA: some questions have no answer (SQuAD v2); on by itself when eval data has some."
+    )
+    qa_mode: Literal["auto", "extractive", "generative"] = Field(
+        "auto", description="QA: extractive spans (encoders) or generated answers (decoders, encoder-decoders); auto picks."
+    )
     null_score_diff_threshold: float = Field(0.0, description="SQuAD v2: predict no answer above this margin.")
 
     @field_validator("columns")
@@ -98,6 +110,12 @@ class DataSection(Section):
             if not isinstance(column, str) or not column:
                 raise ValueError(f"column for role `{role}` must be a column name")
         return value
+
+    @model_validator(mode="after")
+    def _one_eval_source(self) -> DataSection:
+        if self.eval is not None and self.validation_split is not None:
+            raise ValueError("set `data.eval` or `data.validation_split`, not both")
+        return self
 
 
 class TrainingSection(BaseModel):
@@ -122,10 +140,13 @@ class TrainingSection(BaseModel):
         extra = self.model_extra or {}
         if not extra:
             return self
-        names = training_argument_names()
-        for key in extra:
-            if key not in names:
-                raise ValueError(f"unknown TrainingArguments field `{key}`{did_you_mean(key, names)}")
+        types = training_argument_types()
+        for key, value in extra.items():
+            if key not in types:
+                raise ValueError(f"field `{key}`: not a TrainingArguments field{did_you_mean(key, types)}")
+            problem = argument_problem(key, value, types[key])
+            if problem:
+                raise ValueError(f"field `{key}`: {problem}")
         return self
 
     def arguments(self) -> dict[str, Any]:
@@ -177,14 +198,93 @@ class Recipe(Section):
 
 def training_argument_names() -> set[str]:
     """Keyword arguments TrainingArguments accepts (imported lazily: transformers is heavy)."""
-    import inspect
+    return set(training_argument_types())
+
+
+@functools.cache
+def training_argument_types() -> dict[str, Any]:
+    """TrainingArguments fields → their type hints, so a recipe's extra `training:` keys are checked by type
+    when the recipe loads instead of failing later inside transformers with a message that names no field."""
+    import dataclasses
+    import typing
 
     from transformers import Seq2SeqTrainingArguments
 
-    return set(inspect.signature(Seq2SeqTrainingArguments.__init__).parameters) - {"self"}
+    hints = typing.get_type_hints(Seq2SeqTrainingArguments)
+    fields = dataclasses.fields(Seq2SeqTrainingArguments)
+    types = {field.name: hints.get(field.name, Any) for field in fields if field.init}
+    # Typed `str | None` in transformers, but documented (and preferred) as `fsdp: true` with an `fsdp_config`.
+    types["fsdp"] = bool | str | None
+    return types
+
+
+def argument_problem(key: str, value: Any, hint: Any) -> str | None:
+    """Why `value` does not fit the TrainingArguments field `key` (typed `hint`), or None when it fits."""
+    import enum
+    import typing
+
+    from pydantic import PydanticSchemaGenerationError, TypeAdapter
+
+    if key == "report_to":
+        return _reporting_problem(value)
+    enums = [arg for arg in (hint, *typing.get_args(hint)) if isinstance(arg, type) and issubclass(arg, enum.Enum)]
+    if enums and isinstance(value, str):
+        choices = [str(member.value) for member in enums[0]]
+        if value not in choices:
+            listed = f" (one of: {', '.join(choices)})" if len(choices) <= 12 else ""
+            return f"unknown value `{value}`{did_you_mean(value, choices) or listed}"
+        return None
+    try:
+        TypeAdapter(hint).validate_python(value)
+    except PydanticSchemaGenerationError:
+        return None  # a type pydantic cannot describe: transformers checks it
+    except ValidationError as err:
+        return f"{err.errors()[0]['msg'].removeprefix('Value error, ')} (got {value!r})"
+    return None
+
+
+def _reporting_problem(value: Any) -> str | None:
+    """`report_to` names integrations that exist and are installed (Trainer would fail after loading the model)."""
+    from transformers.integrations.integration_utils import (
+        INTEGRATION_TO_CALLBACK,
+        get_available_reporting_integrations,
+    )
+
+    if value is None:
+        return None
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        return f"expected an integration name or a list of them (got {value!r})"
+    known = [*INTEGRATION_TO_CALLBACK, "all", "none"]
+    available = get_available_reporting_integrations()
+    for name in names:
+        if name not in known:
+            return f"unknown integration `{name}`{did_you_mean(name, known) or ' (known: ' + ', '.join(known) + ')'}"
+        if name not in ("all", "none", "flyte") and name not in available:
+            return f"`{name}` is not installed (pip install {name.replace('_', '-')})"
+    return None
 
 
 # --------------------------------------------------------------------------- loading
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that only true/false are booleans (YAML 1.2): `eval_strategy: no` stays "no"."""
+
+
+RecipeLoader.yaml_implicit_resolvers = {
+    key: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """Safe YAML (no object construction) with YAML 1.2 booleans."""
+    return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - RecipeLoader is a SafeLoader
+
 
 
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
@@ -192,7 +292,7 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise LlmkitError(f"recipe file not found: {path}")
     try:
-        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+        content = parse_yaml(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise LlmkitError(f"recipe file {path} is not UTF-8 text") from None
     except yaml.YAMLError as err:
@@ -235,9 +335,11 @@ def apply_overrides(content: dict[str, Any], overrides: list[str]) -> dict[str, 
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key):
-            raise LlmkitError(f"bad override `{item}`: expected key=value with a dotted recipe field, e.g. training.seed=1")
+            raise LlmkitError(
+                f"bad override `{item}`: expected key=value with a dotted recipe field, e.g. training.seed=1"
+            )
         try:
-            value = yaml.safe_load(raw) if raw != "" else None
+            value = parse_yaml(raw) if raw != "" else None
         except yaml.YAMLError:
             raise LlmkitError(f"bad override `{item}`: the value is not valid YAML") from None
         node = result
@@ -281,6 +383,10 @@ def describe_validation_error(err: ValidationError) -> str:
             messages.append(f"unknown recipe field `{field}`{did_you_mean(key, _fields_at(parent))}")
             continue
         message = item["msg"].removeprefix("Value error, ")
+        nested = SUBFIELD_MESSAGE.match(message)
+        if nested:  # a section validator that names one of its own fields
+            field, message = f"{field}.{nested.group(1)}", nested.group(2)
+            item = {**item, "input": None}
         if item["type"] == "missing":
             messages.append(f"recipe field `{field}` is required")
         elif field:
@@ -296,7 +402,9 @@ ENV_PATTERN = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 
 
 def expand_env(value: Any, where: str = "") -> Any:
-    """Replace `${VAR}` / `${VAR:-default}` in string values, so recipes can point at data folders."""
+    """Replace `${VAR}` / `${VAR:-default}` in string values, so recipes can point at data folders.
+
+    Also reads `1e-4` as the number it is (YAML 1.1, which PyYAML follows, leaves it a string)."""
     import os
 
     if isinstance(value, dict):
@@ -314,7 +422,8 @@ def expand_env(value: Any, where: str = "") -> Any:
             raise LlmkitError(f"recipe field `{where}`: environment variable `{name}` is not set")
         return default
 
-    return ENV_PATTERN.sub(substitute, value)
+    expanded = ENV_PATTERN.sub(substitute, value)
+    return float(expanded) if FLOAT_PATTERN.fullmatch(expanded) else expanded
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

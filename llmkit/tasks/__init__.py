@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from llmkit.tasks.base import Task
+from llmkit.tasks.classification import Classification
 from llmkit.tasks.clm import CausalLM
 from llmkit.tasks.mlm import MaskedLM
+from llmkit.tasks.qa import QuestionAnswering
+from llmkit.tasks.summarization import Summarization
 
-TASKS: dict[str, Task] = {task.name: task for task in (CausalLM(), MaskedLM())}
+TASKS: dict[str, Task] = {
+    task.name: task for task in (CausalLM(), MaskedLM(), Classification(), Summarization(), QuestionAnswering())
+}

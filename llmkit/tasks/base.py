@@ -51,6 +51,11 @@ class Task:
 
     # ------------------------------------------------------------------ model
 
+    def specialize(self, config: PretrainedConfig, recipe: Recipe) -> Task:
+        """The task object for this model: a task whose method depends on the architecture (decoder-only vs
+        encoder-decoder summarization, extractive vs generative QA) returns a variant; most return themselves."""
+        return self
+
     def check_architecture(self, config: PretrainedConfig, recipe: Recipe) -> None:
         """Reject a model that cannot do this task, before any weights are loaded."""
         from llmkit.models import supports
@@ -127,14 +132,18 @@ def tokenize(
     description: str,
     remove_columns: list[str] | None = None,
 ) -> Dataset:
-    """Batched map of a tokenizing function; `datasets` caches the result by fingerprint."""
-    return dataset.map(
-        function,
-        batched=True,
-        num_proc=recipe.data.num_proc,
-        remove_columns=dataset.column_names if remove_columns is None else remove_columns,
-        desc=description,
-    )
+    """Batched map of a tokenizing function; `datasets` caches the result by fingerprint.
+    Small datasets (seconds of work) show no progress bar."""
+    from llmkit.data import quiet_progress
+
+    with quiet_progress(len(dataset) < 20_000):
+        return dataset.map(
+            function,
+            batched=True,
+            num_proc=recipe.data.num_proc,
+            remove_columns=dataset.column_names if remove_columns is None else remove_columns,
+            desc=description,
+        )
 
 
 def require_nonempty_text(dataset: Dataset, role: str, split: str) -> None:

@@ -1,0 +1,1 @@
+"""Benchmarks: llmkit's real code paths timed side by side with plain baselines (`make bench`)."""

@@ -1,0 +1,197 @@
+"""Sequence classification: a text (or a text pair) → one of N labels, or a score (regression).
+
+Labels may be integers, strings (mapped to ids; the names are saved in the model's config as
+`id2label`/`label2id`, so `predict` prints them) or floats (regression, one output). A checkpoint that
+already knows its labels (a trained run folder being evaluated) keeps its own mapping. GPT-2 works too:
+its pad token is set and `config.pad_token_id` tells its head which token is the last real one.
+Evaluation keeps only the arg-max of each row, never the logits.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from llmkit.errors import LlmkitError
+from llmkit.tasks.base import Evaluation, Prepared, Task, require_nonempty_text, tokenize
+
+if TYPE_CHECKING:
+    from datasets import DatasetDict
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase, Trainer
+
+    from llmkit.recipe import Recipe
+
+DEFAULT_LABEL_NAME = re.compile(r"^LABEL_\d+$")
+
+
+class Classification(Task):
+    name = "classification"
+    roles = ("text", "label")
+    optional_roles = ("text_pair",)
+    auto_class_name = "AutoModelForSequenceClassification"
+    mapping_name = "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES"
+    needs = "a model with a sequence-classification head (BERT family, GPT-2, ...)"
+
+    def __init__(self, checkpoint_labels: dict[str, int] | None = None) -> None:
+        #: label → id of a checkpoint trained for classification (None: the labels come from the data)
+        self.checkpoint_labels = checkpoint_labels
+        #: string label → id for this run's data (set by config_overrides)
+        self.label_ids: dict[str, int] | None = None
+
+    def specialize(self, config: PretrainedConfig, recipe: Recipe) -> Task:
+        names = dict(getattr(config, "label2id", None) or {})
+        trained = names and not all(DEFAULT_LABEL_NAME.match(str(n)) for n in names)
+        return Classification({str(k): int(v) for k, v in names.items()} if trained else None)
+
+    def text_roles(self) -> tuple[str, ...]:
+        return ("text", "text_pair")
+
+    # ------------------------------------------------------------------ labels
+
+    def config_overrides(self, recipe: Recipe, raw: DatasetDict) -> dict[str, Any]:
+        """The label set, read from the data (or kept from the checkpoint), as config fields."""
+        column = recipe.data.columns.get("label", "label")
+        kind = label_kind(raw, column)
+        if kind == "float":
+            return {"id2label": {0: "score"}, "label2id": {"score": 0}, "problem_type": "regression"}
+        values = {value for dataset in raw.values() for value in dataset["label"]}
+        if kind == "str":
+            names = self._string_labels(values, column, retrain="train" in raw)
+            self.label_ids = names
+        else:
+            names = self._int_labels(values, column, raw)
+        return {
+            "id2label": {i: name for name, i in names.items()},
+            "label2id": names,
+            "problem_type": "single_label_classification",
+        }
+
+    def _string_labels(self, values: set[str], column: str, retrain: bool) -> dict[str, int]:
+        known = self.checkpoint_labels
+        if known is not None and values <= set(known):
+            return known
+        if known is not None and not retrain:
+            unknown = sorted(values - set(known))
+            raise LlmkitError(
+                f"data column `{column}`: label(s) {', '.join(map(repr, unknown[:5]))} are not among the model's "
+                f"labels ({', '.join(known)})"
+            )
+        return {name: i for i, name in enumerate(sorted(values))}
+
+    def _int_labels(self, values: set[int], column: str, raw: DatasetDict) -> dict[str, int]:
+        if min(values) < 0:
+            raise LlmkitError(f"data column `{column}`: integer labels must be 0..N-1 (found {min(values)})")
+        count = max(values) + 1
+        known = self.checkpoint_labels
+        if known is not None and len(known) >= count:
+            return known
+        if known is not None and "train" not in raw:
+            raise LlmkitError(f"data column `{column}`: label {max(values)} is beyond the model's {len(known)} labels")
+        feature = next(iter(raw.values())).features["label"]
+        names = list(getattr(feature, "names", None) or [str(i) for i in range(count)])
+        return {name: i for i, name in enumerate(names)}
+
+    # ------------------------------------------------------------------ data
+
+    def preprocess(self, recipe: Recipe, raw: DatasetDict, tokenizer: PreTrainedTokenizerBase) -> Prepared:
+        label_ids = self.label_ids
+
+        def encode(batch: dict[str, list]) -> dict[str, list]:
+            encoded = tokenizer(
+                batch["text"], batch.get("text_pair"), truncation=True, max_length=recipe.data.max_length
+            )
+            labels = batch["label"]
+            encoded["labels"] = [label_ids[v] for v in labels] if label_ids is not None else labels
+            return dict(encoded)
+
+        features = {}
+        for split, dataset in raw.items():
+            require_nonempty_text(dataset, "text", split)
+            if "text_pair" in dataset.column_names:
+                require_nonempty_text(dataset, "text_pair", split)
+            features[split] = tokenize(dataset, encode, recipe, f"Tokenizing {split}")
+        return Prepared(features.get("train"), features.get("eval"), raw.get("eval"))
+
+    # collator: the base DataCollatorWithPadding pads each batch to its own longest row.
+
+    # ------------------------------------------------------------------ evaluation
+
+    def preprocess_logits_for_metrics(self) -> Callable[[Any, Any], Any]:
+        return top_class
+
+    def compute_metrics(self, recipe: Recipe) -> Callable[[Any], dict[str, float]]:
+        return class_metrics
+
+    def evaluate(
+        self, trainer: Trainer, prepared: Prepared, recipe: Recipe, tokenizer: PreTrainedTokenizerBase
+    ) -> Evaluation:
+        return Evaluation(trainer.evaluate(prepared.eval))
+
+    def predict(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: list[dict[str, Any]], recipe: Recipe
+    ) -> list[dict[str, Any]]:
+        """Label and probability (or the score, for regression) of each text."""
+        import torch
+
+        results = []
+        model.eval()
+        for first in range(0, len(rows), 32):
+            chunk = rows[first : first + 32]
+            texts = [str(row.get("text", "")) for row in chunk]
+            pairs = [str(row["text_pair"]) for row in chunk] if all("text_pair" in row for row in chunk) else None
+            encoded = tokenizer(
+                texts, pairs, truncation=True, max_length=recipe.data.max_length, padding=True, return_tensors="pt"
+            ).to(model.device)
+            with torch.no_grad():
+                logits = model(**encoded).logits.float()
+            for index, row in enumerate(chunk):
+                record: dict[str, Any] = {"text": row.get("text")}
+                if pairs is not None:
+                    record["text_pair"] = row["text_pair"]
+                if logits.shape[-1] == 1:
+                    record["score"] = round(float(logits[index, 0]), 4)
+                else:
+                    probabilities = logits[index].softmax(-1)
+                    best = int(probabilities.argmax())
+                    record["label"] = model.config.id2label.get(best, str(best))
+                    record["probability"] = round(float(probabilities[best]), 4)
+                results.append(record)
+        return results
+
+
+def label_kind(raw: DatasetDict, column: str) -> str:
+    """`int`, `str` or `float` (regression) for the label column; a missing label or a mix of kinds is an error."""
+    kinds = set()
+    for split, dataset in raw.items():
+        for index, value in enumerate(dataset["label"]):
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                raise LlmkitError(f"data column `{column}` is empty in {split} row {index}")
+            if isinstance(value, bool) or not isinstance(value, int | float | str):
+                raise LlmkitError(
+                    f"data column `{column}`: {split} row {index} holds {value!r}; expected an int, a string or a float"
+                )
+            kinds.add("str" if isinstance(value, str) else "float" if isinstance(value, float) else "int")
+    if len(kinds) > 1:
+        raise LlmkitError(
+            f"data column `{column}` mixes label types ({' and '.join(sorted(kinds))}) across splits; "
+            "use one kind: integers, strings, or floats for regression"
+        )
+    return kinds.pop()
+
+
+def top_class(logits: Any, labels: Any) -> Any:
+    """Per batch, reduce logits to what the metrics need (the class id, or the score for regression)."""
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    return logits.squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1)
+
+
+def class_metrics(prediction: Any) -> dict[str, float]:
+    from llmkit.metrics import classification_metrics, regression_metrics
+
+    predictions, labels = prediction.predictions, prediction.label_ids
+    if predictions.dtype.kind == "f":
+        return regression_metrics(predictions.reshape(-1), labels.reshape(-1))
+    return classification_metrics(predictions.reshape(-1), labels.reshape(-1))

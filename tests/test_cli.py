@@ -1,0 +1,49 @@
+"""CLI basics: help is fast and light, shipped recipes are listed, user errors exit 2 on one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_help_imports_no_heavy_library() -> None:
+    code = (
+        "import sys; from llmkit.cli import app; from typer.testing import CliRunner;"
+        "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output;"
+        "heavy = [m for m in ('torch', 'transformers', 'datasets', 'accelerate', 'peft') if m in sys.modules];"
+        "print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_every_command_help_has_an_example(cli) -> None:
+    for command in ("pretrain", "finetune", "eval", "check", "recipes", "predict"):
+        result = cli(command, "--help")
+        assert result.exit_code == 0
+        assert "Example: llmkit" in result.output, command
+
+
+def test_recipes_lists_and_prints(cli) -> None:
+    listing = cli("recipes")
+    assert listing.exit_code == 0
+    assert "ci/tiny-gpt2-clm" in listing.output
+    shown = cli("recipes", "ci/tiny-gpt2-clm")
+    assert shown.exit_code == 0 and "task: clm" in shown.output
+
+
+def test_missing_recipe_is_one_line_exit_2(cli, tmp_path) -> None:
+    result = cli("pretrain", str(tmp_path / "nope.yaml"))
+    assert result.exit_code == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "recipe file not found" in result.stderr
+
+
+def test_pretrain_refuses_a_finetuning_task(cli, tmp_path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "task: classification\nmodel: {name_or_path: x}\ndata: {train: t.csv}\ntraining: {output_dir: o}\n"
+    )
+    result = cli("pretrain", str(recipe))
+    assert result.exit_code == 2
+    assert "`classification` is not for this command" in result.stderr
