@@ -283,7 +283,7 @@ RecipeLoader.add_implicit_resolver(
 
 def parse_yaml(text: str) -> Any:
     """Safe YAML (no object construction) with YAML 1.2 booleans."""
-    return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - RecipeLoader is a SafeLoader
+    return yaml.load(text, Loader=RecipeLoader)  # RecipeLoader is a SafeLoader: no object construction
 
 
 
