@@ -22,8 +22,8 @@ GOAL = re.compile(r"^\s*(>=|<=)\s*([0-9.]+)")
 
 @dataclass
 class Result:
-    """One table row. `score` (default llmkit ÷ baseline) is what `goal` is checked against and what
-    summary.json stores under `key`."""
+    """One table row. `score` (default llmkit ÷ baseline, or the llmkit value when there is no baseline) is
+    what `goal` is checked against and what summary.json stores under `key`."""
 
     name: str
     llmkit: float | None
@@ -36,8 +36,8 @@ class Result:
     details: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.score is None and self.llmkit is not None and self.baseline:
-            self.score = self.llmkit / self.baseline
+        if self.score is None and self.llmkit is not None:
+            self.score = self.llmkit / self.baseline if self.baseline else self.llmkit
 
     @property
     def passed(self) -> bool | None:
@@ -61,11 +61,6 @@ def skipped(name: str, why: str, key: str | None = None) -> Result:
 
 def clock() -> float:
     return time.perf_counter()
-
-
-def cpu_clock() -> float:
-    """CPU seconds of this process (all its threads): work done, whatever else runs on the machine."""
-    return time.process_time()
 
 
 def median(values: list[float]) -> float:
@@ -105,15 +100,16 @@ def shakespeare_file() -> Path | None:
 
 
 def documents() -> tuple[str, list[str]]:
-    """A corpus of documents with varied lengths: tinyshakespeare's speeches (blank-line separated), or
-    the Python documentation topics that ship with every Python when the shared data is absent."""
+    """A corpus of documents with varied lengths: tinyshakespeare's speeches (blank-line separated), or the
+    paragraphs of the Python documentation topics that ship with every Python when the shared data is absent."""
     path = shakespeare_file()
     if path is not None:
         text = path.read_text(encoding="utf-8")
         return "tinyshakespeare speeches", [part.strip() for part in text.split("\n\n") if part.strip()]
     from llmkit.data import builtin_corpus
 
-    return "pydoc topics (builtin)", list(builtin_corpus("pydoc-topics", "train")["text"])
+    topics = builtin_corpus("pydoc-topics", "train")["text"]
+    return "pydoc-topics paragraphs (builtin)", [p.strip() for t in topics for p in t.split("\n\n") if p.strip()]
 
 
 def gpt2_tokenizer() -> tuple[str, Any]:

@@ -77,7 +77,7 @@ def one_by_one(model: Any, tokenizer: Any, prompts: list[list[int]], settings: A
 def run(quick: bool) -> list[Result]:
     from llmkit.tasks.generation import generate
 
-    count, new_tokens = (32, 32) if quick else (96, 64)
+    count, new_tokens = (32, 24) if quick else (96, 64)
     recipe, model, tokenizer, prompts, corpus = setup(count, new_tokens)
     outputs: dict[str, list[str]] = {}
 

@@ -91,7 +91,7 @@ def lm(quick: bool, folder: Path) -> list[Result]:
     corpus, texts = documents()
     path = folder / "documents.jsonl"
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
-    block, batch, count = 128, 8, (6 if quick else 16)
+    block, batch, count = 128, 8, (8 if quick else 16)
     content = {
         "task": "clm",
         "model": {
@@ -118,7 +118,7 @@ def lm(quick: bool, folder: Path) -> list[Result]:
     step = stepper(pipeline.load_model(run))
     rates = interleaved(
         {"llmkit": lambda: throughput(step, packed, "tokens"), "pad": lambda: throughput(step, padded, "tokens")},
-        3 if quick else 5,
+        5,
     )
     fraction, baseline_fraction = useful_fraction(packed), useful_fraction(padded)
     details = {
@@ -198,7 +198,7 @@ def classification(quick: bool, folder: Path) -> list[Result]:
     recipe = recipe_from_mapping(content)
     run = pipeline.setup(recipe)
     prepared = run.task.preprocess(recipe, run.raw, run.tokenizer)
-    count = 6 if quick else 16
+    count = min(6 if quick else 16, len(prepared.train) // 32)
     dynamic = trainer_batches(run, prepared, count)
     grouped = trainer_batches(run, prepared, count, train_sampling_strategy="group_by_length")
     texts = list(run.raw["train"]["text"])

@@ -3,6 +3,7 @@
     python benchmarks/run.py --quick      # `make bench`: under 5 minutes on 2 CPU cores
     python benchmarks/run.py              # full: bigger models, more steps and repetitions
     python benchmarks/run.py --only startup,generation
+    python benchmarks/run.py --update-doc # copy the last results' table into BENCHMARKS.md
 
 Every ratio is llmkit ÷ baseline, both measured in this run, interleaved. What the libraries print while a
 benchmark runs goes to benchmarks/results/<name>.log, so the console shows only progress and the table.
@@ -49,7 +50,9 @@ def parse() -> argparse.Namespace:
         "people's work into OpenMP barrier waits and the timings into noise)",
     )
     parser.add_argument("--verbose", action="store_true", help="show what the libraries print instead of logging it")
-    parser.add_argument("--write-doc", action="store_true", help="also put the table into BENCHMARKS.md")
+    parser.add_argument(
+        "--update-doc", action="store_true", help="measure nothing: put the last results' table into BENCHMARKS.md"
+    )
     return parser.parse_args()
 
 
@@ -60,7 +63,6 @@ def configure(threads: int) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ["OMP_NUM_THREADS"] = str(threads)
     os.environ["MKL_NUM_THREADS"] = str(threads)
-    sys.path.insert(0, str(REPO))
     import torch
 
     torch.set_num_threads(threads)
@@ -108,7 +110,7 @@ def run_one(name: str, quick: bool, verbose: bool) -> tuple[list[Any], float]:
 def number(value: float | None, unit: str = "") -> str:
     if value is None:
         return "—"
-    text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+    text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3f}" if unit == "frac" else f"{value:.3g}"
     return f"{text} {unit}".strip()
 
 
@@ -116,7 +118,9 @@ def rows(results: list[Any]) -> list[list[str]]:
     table = []
     for r in results:
         ok = {True: "yes", False: "NO", None: ""}[r.passed]
-        score = "" if r.score is None else f"{r.score:.3g}"
+        score = ""
+        if r.score is not None and (r.baseline is not None or r.goal):
+            score = f"{r.score:.4g}"
         table.append([r.name, number(r.llmkit, r.unit), number(r.baseline, r.unit), score, r.goal or "", ok, r.note])
     return table
 
@@ -143,19 +147,30 @@ def markdown(results: list[Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_doc(table: str, facts: dict[str, Any]) -> None:
-    """Replace the table between the markers in BENCHMARKS.md."""
+def write_doc() -> None:
+    """Put the last run's table (from results/*.json and summary.json) between the markers in BENCHMARKS.md."""
+    from benchmarks.common import Result
+
+    summary = json.loads((RESULTS / "summary.json").read_text(encoding="utf-8"))
+    results = [
+        Result(**{k: v for k, v in row.items() if k != "passed"})
+        for name in BENCHMARKS
+        if (RESULTS / f"{name}.json").is_file()
+        for row in json.loads((RESULTS / f"{name}.json").read_text(encoding="utf-8"))
+    ]
+    table = markdown(results)
+    (RESULTS / "table.md").write_text(table, encoding="utf-8")
     path = REPO / "BENCHMARKS.md"
     text = path.read_text(encoding="utf-8")
     start, end = "<!-- bench:start -->", "<!-- bench:end -->"
     if start not in text or end not in text:
         raise SystemExit("BENCHMARKS.md has no <!-- bench:start --> / <!-- bench:end --> markers")
-    machine = facts["machine"]
+    machine = summary["machine"]
     head = (
-        f"Measured {facts['finished']} with `{facts['command']}` ({facts['seconds']:.0f} s) on "
-        f"{machine['cpu']}, {machine['cores']} cores ({machine['device']}), torch {machine['torch']}, "
-        f"transformers {machine['transformers']}, {machine['torch_threads']} torch thread(s) per process, "
-        f"load average {machine['load_average'][0]:.1f} at the start.\n\n"
+        f"Measured {summary['finished']} with `{summary['command']}` ({summary['seconds']:.0f} s) on "
+        f"{machine['cpu']}, {machine['cores']} cores, device `{machine['device']}`; torch {machine['torch']}, "
+        f"transformers {machine['transformers']}; {machine['torch_threads']} torch thread(s) per process; "
+        f"load average {machine['load_average'][0]:.1f} when it started.\n\n"
     )
     before, rest = text.split(start, 1)
     after = rest.split(end, 1)[1]
@@ -164,6 +179,10 @@ def write_doc(table: str, facts: dict[str, Any]) -> None:
 
 def main() -> None:
     options = parse()
+    sys.path.insert(0, str(REPO))
+    if options.update_doc:
+        write_doc()
+        return
     configure(options.threads)
     from benchmarks.common import machine
 
@@ -194,7 +213,8 @@ def main() -> None:
             summary[r.key] = r.score
             goals[r.key] = {"goal": r.goal, "met": r.passed, "note": r.note}
     summary["device"] = facts["machine"]["device"]
-    summary.update({"mode": facts["mode"], "seconds": round(facts["seconds"], 1), "machine": facts["machine"]})
+    summary.update({key: facts[key] for key in ("mode", "command", "finished", "machine")})
+    summary["seconds"] = round(facts["seconds"], 1)
     summary["goals"] = goals
     (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
     table = markdown(everything)
@@ -202,8 +222,6 @@ def main() -> None:
     title = f"llmkit vs baselines ({facts['mode']}, {facts['machine']['device']}, {facts['seconds']:.0f} s)"
     print_table(everything, title)
     print(f"results: {RESULTS.relative_to(REPO)}/summary.json, table.md, <benchmark>.json and .log")
-    if options.write_doc:
-        write_doc(table, facts)
 
 
 if __name__ == "__main__":

@@ -126,23 +126,23 @@ def model_card(recipe: Recipe, metrics: dict[str, Any], adapter: bool, auto_clas
         f"# or a plain transformers folder: llmkit merge {run} {run}-merged"
         if adapter
         else f"from transformers import {auto}, AutoTokenizer\n"
-        f"model = {auto}.from_pretrained(\"{recipe.training.output_dir}\")\n"
-        f"tokenizer = AutoTokenizer.from_pretrained(\"{recipe.training.output_dir}\")"
+        f'model = {auto}.from_pretrained("{recipe.training.output_dir}")\n'
+        f'tokenizer = AutoTokenizer.from_pretrained("{recipe.training.output_dir}")'
     )
     return f"""# {Path(recipe.training.output_dir).name}
 
 Trained with llmkit (`task: {recipe.task}`).
 
 - Base model: {base}
-- Data: {recipe.data.train}{f' (config {recipe.data.config_name})' if recipe.data.config_name else ''}; eval: {held_out}
+- Data: {recipe.data.train}{f" (config {recipe.data.config_name})" if recipe.data.config_name else ""}; eval: {held_out}
 - Max length: {recipe.data.max_length}; seed: {recipe.training.seed}
-- Fine-tuning: {'LoRA r=' + str(recipe.peft.r) if recipe.peft else 'full'}
+- Fine-tuning: {"LoRA r=" + str(recipe.peft.r) if recipe.peft else "full"}
 
 ## Eval metrics
 
 | metric | value |
 | --- | --- |
-{rows or '| (no eval split) | |'}
+{rows or "| (no eval split) | |"}
 
 ## Load it
 

@@ -245,7 +245,23 @@ def build_model(
         model.config.pad_token_id = tokenizer.pad_token_id
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.pad_token_id = tokenizer.pad_token_id
+    name_causal_loss(model)
     return model
+
+
+def name_causal_loss(model: PreTrainedModel) -> None:
+    """Say out loud that a decoder's loss shifts its labels (GPT-2 leaves `loss_type` unset).
+
+    The Trainer normalises the loss by the number of predicted tokens, and it counts `labels[..., 1:]`
+    only when `model.loss_type` names the causal-LM loss; otherwise it divides by L instead of L-1 per
+    row and reports loss and perplexity too low (by 1.6% at 64 tokens).
+    """
+    from transformers.loss.loss_utils import LOSS_MAPPING
+
+    if getattr(model, "loss_type", None) is None and "ForCausalLM" in LOSS_MAPPING:
+        class_name = type(model).__name__
+        if class_name.endswith(("LMHeadModel", "ForCausalLM")) and not model.config.is_encoder_decoder:
+            model.loss_type = "ForCausalLM"
 
 
 def max_positions(config: PretrainedConfig) -> int | None:
@@ -265,8 +281,10 @@ def is_decoder_only(config: PretrainedConfig) -> bool:
     """A causal LM architecture (GPT-2, Llama, ...), known from the auto mapping rather than a name list."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    return config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not is_encoder_decoder(config) and not (
-        _has_mlm_head(config)
+    return (
+        config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        and not is_encoder_decoder(config)
+        and not (_has_mlm_head(config))
     )
 
 

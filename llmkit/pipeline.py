@@ -193,9 +193,12 @@ def run_facts(
     from llmkit.data import fingerprints
 
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
-        ).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+            ).stdout.strip()
+            or None
+        )
     except OSError:
         commit = None
     train_log = next((e for e in reversed(trainer.state.log_history) if "train_runtime" in e), {})

@@ -99,7 +99,8 @@ class DataSection(Section):
         False, description="QA: some questions have no answer (SQuAD v2); on by itself when eval data has some."
     )
     qa_mode: Literal["auto", "extractive", "generative"] = Field(
-        "auto", description="QA: extractive spans (encoders) or generated answers (decoders, encoder-decoders); auto picks."
+        "auto",
+        description="QA: extractive spans (encoders) or generated answers (decoders, encoder-decoders); auto picks.",
     )
     null_score_diff_threshold: float = Field(0.0, description="SQuAD v2: predict no answer above this margin.")
 
@@ -189,7 +190,7 @@ class Recipe(Section):
     def _expect_format(cls, value: dict[str, str]) -> dict[str, str]:
         for metric, bar in value.items():
             if not EXPECT_PATTERN.match(str(bar)):
-                raise ValueError(f"`{metric}: {bar}` should look like \">= 0.85\" (one of >= <= > < ==, a number)")
+                raise ValueError(f'`{metric}: {bar}` should look like ">= 0.85" (one of >= <= > < ==, a number)')
         return value
 
     def to_yaml(self) -> str:
@@ -284,7 +285,6 @@ RecipeLoader.add_implicit_resolver(
 def parse_yaml(text: str) -> Any:
     """Safe YAML (no object construction) with YAML 1.2 booleans."""
     return yaml.load(text, Loader=RecipeLoader)  # RecipeLoader is a SafeLoader: no object construction
-
 
 
 def read_yaml_mapping(path: Path) -> dict[str, Any]:

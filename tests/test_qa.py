@@ -208,3 +208,10 @@ def test_generative_qa_shares_the_prompt_mechanism_and_learns(tmp_path: Path) ->
     )
     assert result.exit_code == 0, result.output
     assert json.loads(next(line for line in result.stdout.splitlines() if line.startswith("{")))["answer"] == "Lima"
+
+
+def test_eval_of_the_trained_folder_meets_the_recipe_gates(extractive_run: Path) -> None:
+    with one_thread():
+        result = invoke("eval", "ci/tiny-bert-qa", "--check", "--checkpoint", extractive_run, *DATA)
+    assert result.exit_code == 0, result.output
+    assert "expectations met" in result.output

@@ -191,3 +191,10 @@ def test_t5_summarizer_through_seq2seq_trainer(tmp_path: Path) -> None:
         metrics = pipeline.train(recipe)
     assert metrics["eval_rouge1"] >= 40, metrics
     assert json.loads((tmp_path / "run" / "config.json").read_text())["model_type"] == "t5"
+
+
+def test_eval_of_the_trained_folder_meets_the_recipe_gates(gpt2_run: Path) -> None:
+    with one_thread():
+        result = invoke("eval", "ci/tiny-gpt2-summarization", "--check", "--checkpoint", gpt2_run, *DATA)
+    assert result.exit_code == 0, result.output
+    assert "expectations met" in result.output

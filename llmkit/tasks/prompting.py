@@ -44,6 +44,7 @@ class PromptEncoder:
     tokenizer: Any
     encoder_decoder: bool
     head: list[int]  # leading special tokens + task prefix ("summarize: ")
+    target_head: list[int]  # an encoder-decoder's labels start like the tokenizer's texts (BART: <s>)
     separator: list[int]
     tail_specials: list[int]  # encoder inputs end with the tokenizer's closing specials
     eos: int
@@ -63,6 +64,7 @@ class PromptEncoder:
             tokenizer=tokenizer,
             encoder_decoder=encoder_decoder,
             head=before + prefix,
+            target_head=before if encoder_decoder else [],
             separator=tokenizer(separator, add_special_tokens=False)["input_ids"] if separator else [],
             tail_specials=after if encoder_decoder else [],
             eos=tokenizer.eos_token_id,
@@ -93,7 +95,7 @@ class PromptEncoder:
         """Target ids, at most `max_target_length` of them, then EOS (the model must learn to stop)."""
         glue = "" if not self.separator_text or self.separator_text[-1].isspace() else " "
         cleaned = [(glue + text.strip()) if text.strip() else "" for text in texts]
-        return [[*ids[: self.max_target_length], self.eos] for ids in self._encode(cleaned)]
+        return [[*self.target_head, *ids[: self.max_target_length], self.eos] for ids in self._encode(cleaned)]
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
         if not texts:
@@ -120,6 +122,8 @@ class PromptToTarget(Task):
     default_separator: ClassVar[str]
     #: the role `predict --text` fills
     text_role: ClassVar[str]
+    #: the role that holds the text to learn (not needed for predict)
+    target_role: ClassVar[str]
 
     def __init__(self, encoder_decoder: bool = False, task_prefix: str = "") -> None:
         self.encoder_decoder = encoder_decoder
@@ -257,6 +261,3 @@ class PromptToTarget(Task):
         if missing:
             raise LlmkitError(f"predict input needs the field(s) {', '.join(missing)} (give a .jsonl with them)")
         return row
-
-    #: the role that holds the text to learn (not needed for predict)
-    target_role: ClassVar[str]
