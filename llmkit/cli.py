@@ -101,7 +101,8 @@ def print_metrics(metrics: dict[str, Any], title: str) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        if key != "epoch" and not key.endswith("_preparation_time"):  # bookkeeping, not results
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     Console().print(table)
 
 
@@ -186,8 +187,8 @@ def finetune(
 
     Example: llmkit finetune recipes/bert-sst2.yaml training.num_train_epochs=1
     """
-    tasks = {"clm", "mlm", "classification", "summarization", "qa"}
-    run_training(recipe, overrides, overwrite, resume, tasks, num_processes, cpu)
+    every_task = {"clm", "mlm", "classification", "summarization", "qa"}  # recipe.TaskName (pydantic stays unimported)
+    run_training(recipe, overrides, overwrite, resume, every_task, num_processes, cpu)
 
 
 @app.command("eval")

@@ -37,12 +37,12 @@ def mlm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_clm_pretraining_lowers_perplexity(clm_run: Path) -> None:
     before, after = initial_and_final_perplexity(clm_run)
-    assert after * 2.5 < before, (before, after)  # 120 tiny steps; the 10x bar is test_pretrain_real.py's
+    assert after * 2 < before, (before, after)  # 120 tiny steps; the 10x bar is test_pretrain_real.py's
 
 
 def test_mlm_pretraining_lowers_perplexity(mlm_run: Path) -> None:
     before, after = initial_and_final_perplexity(mlm_run)
-    assert after * 2.5 < before, (before, after)
+    assert after * 5 < before, (before, after)
 
 
 def test_run_folder_has_the_contract_files(clm_run: Path) -> None:
