@@ -64,3 +64,33 @@ def test_clm_collator_keeps_eos_labels_when_pad_is_eos(tokenizer) -> None:
     batch = PadAndLabelCollator(tokenizer)([{"input_ids": [5, 6, eos]}, {"input_ids": [7]}])
     assert batch["labels"][0].tolist() == [5, 6, eos]  # the real EOS is learned
     assert batch["labels"][1].tolist()[1:] == [-100, -100]  # padding is not
+
+
+def test_whole_word_masking_masks_all_pieces_of_a_word(tmp_path: Path) -> None:
+    from datasets import Dataset, DatasetDict
+
+    from llmkit.models import train_tokenizer
+    from llmkit.recipe import TokenizerTrainSection
+    from llmkit.tasks.mlm import MaskedLM
+
+    texts = [f"unbelievable extraordinary {i} internationalization" for i in range(400)]
+    tokenizer = train_tokenizer(TokenizerTrainSection(kind="wordpiece", vocab_size=120, min_frequency=1), texts)
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "task: mlm\nmodel: {from_config: {model_type: bert}}\ntokenizer: {train: {kind: wordpiece}}\n"
+        "data: {train: x.txt, max_length: 32, whole_word_mask: true, mlm_probability: 0.3}\n"
+        "training: {output_dir: o}\n"
+    )
+    recipe = load_recipe(path)
+    task = MaskedLM()
+    prepared = task.preprocess(recipe, DatasetDict({"train": Dataset.from_dict({"text": texts})}), tokenizer)
+    batch = task.collator(recipe, tokenizer)([prepared.train[i] for i in range(32)])
+    tokens = [tokenizer.convert_ids_to_tokens(row) for row in prepared.train["input_ids"][:32]]
+    masked = batch["labels"] != -100
+    pieces = 0
+    for row, row_tokens in enumerate(tokens):
+        for position in range(1, len(row_tokens)):
+            if row_tokens[position].startswith("##"):
+                pieces += 1
+                assert masked[row, position] == masked[row, position - 1], row_tokens[position - 1 : position + 1]
+    assert pieces > 50 and masked.any()
