@@ -148,9 +148,9 @@ def qa_input(row: dict[str, Any]) -> dict[str, Any]:
 class GenerativeQA(PromptToTarget):
     """`context \\nQuestion: q \\nAnswer:` → answer + EOS (decoders; encoder-decoders read the same prompt)."""
 
-    name = "qa"
-    roles = ("question", "context")
-    optional_roles = ("answers", "answer", "id")
+    name = QuestionAnswering.name
+    roles = QuestionAnswering.roles
+    optional_roles = QuestionAnswering.optional_roles
     needs = "a decoder-only (GPT-2) or encoder-decoder (T5) model"
     default_separator = "\nAnswer:"
     text_role = "question"
