@@ -184,11 +184,17 @@ def load_hub(section: DataSection, split: str, field: str) -> Dataset:
         ) from None
 
 
-def load_raw(section: DataSection) -> DatasetDict:
-    """A DatasetDict with `train` and, when the recipe has one, `eval`."""
+def load_raw(section: DataSection, with_train: bool = True) -> DatasetDict:
+    """A DatasetDict with `train` and, when the recipe has one, `eval`.
+
+    `with_train=False` (evaluating a trained run) skips reading the training data when the eval set
+    stands on its own; a `validation_split` still needs it.
+    """
     from datasets import DatasetDict
 
     local = is_local(section.train)
+    if not with_train and section.eval is not None:
+        return DatasetDict({"eval": _first(_load_eval(section, local), section.max_eval_samples)})
     if section.train.startswith(BUILTIN_PREFIX):
         train = builtin_corpus(section.train.removeprefix(BUILTIN_PREFIX), "train")
     elif local:
@@ -197,20 +203,27 @@ def load_raw(section: DataSection) -> DatasetDict:
         train = load_hub(section, section.train_split, "train")
     splits = {"train": train}
     if section.eval is not None:
-        if local or is_local(section.eval):
-            splits["eval"] = load_local(Path(section.eval), "eval")
-        else:
-            splits["eval"] = load_hub(section, section.eval, "eval")
+        splits["eval"] = _load_eval(section, local)
     elif section.validation_split is not None:
         if len(train) < 2:
             raise LlmkitError("recipe field `data.validation_split`: the training data has fewer than 2 rows")
         parts = train.train_test_split(test_size=section.validation_split, seed=0, shuffle=True)
         splits = {"train": parts["train"], "eval": parts["test"]}
-    if section.max_train_samples is not None:
-        splits["train"] = splits["train"].select(range(min(section.max_train_samples, len(splits["train"]))))
-    if "eval" in splits and section.max_eval_samples is not None:
-        splits["eval"] = splits["eval"].select(range(min(section.max_eval_samples, len(splits["eval"]))))
+    splits["train"] = _first(splits["train"], section.max_train_samples)
+    if "eval" in splits:
+        splits["eval"] = _first(splits["eval"], section.max_eval_samples)
     return DatasetDict(splits)
+
+
+def _load_eval(section: DataSection, train_is_local: bool) -> Dataset:
+    """`data.eval`: a local file, or a split of the hub dataset named by `data.train`."""
+    if train_is_local or is_local(str(section.eval)):
+        return load_local(Path(str(section.eval)), "eval")
+    return load_hub(section, str(section.eval), "eval")
+
+
+def _first(dataset: Dataset, limit: int | None) -> Dataset:
+    return dataset if limit is None else dataset.select(range(min(limit, len(dataset))))
 
 
 def map_columns(

@@ -57,7 +57,7 @@ def setup(recipe: Recipe, need_train: bool = True) -> Setup:
     from llmkit.models import load_tokenizer, train_tokenizer
 
     task, config = model_side(recipe)
-    raw = map_columns(load_raw(recipe.data), recipe.data.columns, task.roles, task.optional_roles)
+    raw = map_columns(load_raw(recipe.data, need_train), recipe.data.columns, task.roles, task.optional_roles)
     require_text(raw, task.text_roles(), recipe.data.columns)
     if not need_train and "eval" not in raw:
         raise LlmkitError("the recipe has no eval data: set `data.eval` or `data.validation_split`")

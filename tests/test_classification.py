@@ -45,6 +45,22 @@ def test_eval_check_keeps_the_trained_label_map(bert_run: Path) -> None:
     assert "expectations met" in result.output
 
 
+def test_eval_reads_only_the_eval_data(bert_run: Path, tmp_path: Path) -> None:
+    """Evaluating a trained run does not load (or need) the training set."""
+    missing = tmp_path / "gone.jsonl"
+    with one_thread():
+        result = invoke(
+            "eval",
+            "ci/tiny-bert-classification",
+            "--checkpoint",
+            bert_run,
+            f"data.train={missing}",
+            f"data.eval={REVIEWS_EVAL}",
+        )
+    assert result.exit_code == 0, result.output
+    assert json.loads((bert_run / "metrics.json").read_text())["eval_accuracy"] >= 0.9
+
+
 def test_predict_prints_label_names(bert_run: Path) -> None:
     result = invoke(
         "predict", bert_run, "--text", "the film was superb .", "--text", "i found the plot dull , really awful ."
