@@ -254,15 +254,16 @@ def recipes(
             raise LlmkitError(f"no shipped recipe `{name}` (see `llmkit recipes`)")
         typer.echo(path.read_text(encoding="utf-8"), nl=False)
         return
-    import yaml
     from rich.console import Console
     from rich.table import Table
+
+    from llmkit.recipe import resolve_extends
 
     table = Table(title=f"recipes in {root}")
     for column in ("name", "task", "model", "data"):
         table.add_column(column)
     for path in sorted(root.rglob("*.yaml")):
-        content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        content = resolve_extends(path)
         model = content.get("model", {}) or {}
         table.add_row(
             str(path.relative_to(root).with_suffix("")),

@@ -290,6 +290,8 @@ def merge_adapter(adapter_dir: Path, out_dir: Path, overwrite: bool = False) -> 
         raise LlmkitError(f"{adapter_dir} is not a LoRA run folder (no adapter_config.json)")
     if not (adapter_dir / "recipe.yaml").is_file():
         raise LlmkitError(f"{adapter_dir} has no recipe.yaml (was it written by llmkit finetune?)")
+    if out_dir.resolve() == adapter_dir.resolve():
+        raise LlmkitError("OUT_DIR must differ from ADAPTER_DIR: merging in place would delete the adapter run")
     artifacts.check_output_dir(out_dir, overwrite, resume=False)
     recipe = recipe_for_checkpoint(load_recipe(adapter_dir / "recipe.yaml"), adapter_dir)
     run = setup_for_inference(recipe)

@@ -45,4 +45,10 @@ def predict_rows(run_dir: Path, rows: list[dict[str, Any]]) -> list[dict[str, An
     recipe = recipe_for_checkpoint(load_recipe(recipe_path), run_dir)
     run = setup_for_inference(recipe)
     model = load_model(run)
-    return run.task.predict(model, run.tokenizer, rows, recipe)
+    return run.task.predict(model, run.tokenizer, as_roles(rows, recipe.data.columns), recipe)
+
+
+def as_roles(rows: list[dict[str, Any]], columns: dict[str, str]) -> list[dict[str, Any]]:
+    """Rows keyed by task role: a file in the training data's own layout (`sentence`) works as is."""
+    role_of = {column: role for role, column in columns.items()}
+    return [{role_of.get(key, key): value for key, value in row.items()} for row in rows]

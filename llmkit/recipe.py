@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -135,6 +136,19 @@ class TrainingSection(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     seed: int = Field(42, ge=0)
     logging_steps: float = Field(10, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers_in_e_notation(cls, data: Any) -> Any:
+        """`adam_epsilon: 1e-8` is a string to YAML 1.1; read it as the float the field is typed as."""
+        if not isinstance(data, dict):
+            return data
+        extra = {k: v for k, v in data.items() if k not in cls.model_fields and isinstance(v, str)}
+        if not any(FLOAT_PATTERN.fullmatch(v) for v in extra.values()):
+            return data
+        types = training_argument_types()
+        floats = {k for k in extra if float in (types.get(k), *typing.get_args(types.get(k)))}
+        return {k: float(v) if k in floats and FLOAT_PATTERN.fullmatch(v) else v for k, v in data.items()}
 
     @model_validator(mode="after")
     def _known_arguments(self) -> TrainingSection:
@@ -402,9 +416,7 @@ ENV_PATTERN = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 
 
 def expand_env(value: Any, where: str = "") -> Any:
-    """Replace `${VAR}` / `${VAR:-default}` in string values, so recipes can point at data folders.
-
-    Also reads `1e-4` as the number it is (YAML 1.1, which PyYAML follows, leaves it a string)."""
+    """Replace `${VAR}` / `${VAR:-default}` in string values, so recipes can point at data folders."""
     import os
 
     if isinstance(value, dict):
@@ -422,14 +434,29 @@ def expand_env(value: Any, where: str = "") -> Any:
             raise LlmkitError(f"recipe field `{where}`: environment variable `{name}` is not set")
         return default
 
-    expanded = ENV_PATTERN.sub(substitute, value)
-    return float(expanded) if FLOAT_PATTERN.fullmatch(expanded) else expanded
+    return ENV_PATTERN.sub(substitute, value)
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read, merge, override and validate a recipe. Raises LlmkitError with a one-line message."""
-    content = apply_overrides(resolve_extends(Path(path)), overrides or [])
-    return recipe_from_mapping(expand_env(content))
+    content = expand_env(apply_overrides(resolve_extends(Path(path)), overrides or []))
+    return recipe_from_mapping(locate_data_files(content, Path(path).resolve().parent))
+
+
+def locate_data_files(content: dict[str, Any], recipe_dir: Path) -> dict[str, Any]:
+    """Relative `data.train`/`data.eval` paths are read from the working folder, like any command line path;
+    one that is not there but sits beside the recipe is taken from there (shipped recipes run from anywhere)."""
+    data = content.get("data")
+    if not isinstance(data, dict):
+        return content
+    located = dict(data)
+    for key in ("train", "eval"):
+        value = data.get(key)
+        if isinstance(value, str) and value and not Path(value).is_absolute() and not Path(value).exists():
+            beside = recipe_dir / value
+            if beside.exists():
+                located[key] = str(beside)
+    return {**content, "data": located}
 
 
 def recipe_from_mapping(content: dict[str, Any]) -> Recipe:

@@ -61,6 +61,14 @@ def test_eval_reads_only_the_eval_data(bert_run: Path, tmp_path: Path) -> None:
     assert json.loads((bert_run / "metrics.json").read_text())["eval_accuracy"] >= 0.9
 
 
+def test_predict_reads_a_file_in_the_training_data_layout(bert_run: Path) -> None:
+    """The run's `data.columns` map the file's own fields (`sentence`) to the task's roles."""
+    result = invoke("predict", bert_run, "--file", REVIEWS_EVAL)
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert len(records) > 10 and all(isinstance(r["text"], str) and r["text"] for r in records)
+
+
 def test_predict_prints_label_names(bert_run: Path) -> None:
     result = invoke(
         "predict", bert_run, "--text", "the film was superb .", "--text", "i found the plot dull , really awful ."

@@ -135,3 +135,15 @@ def test_registry_covers_the_schema() -> None:
     from llmkit.tasks import TASKS
 
     assert set(TASKS) <= set(get_args(TaskName))
+
+
+def test_shipped_recipe_data_is_found_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe(Path(__file__).resolve().parent.parent / "recipes/ci/tiny-bert-classification.yaml")
+    assert Path(recipe.data.train).is_file() and Path(str(recipe.data.eval)).is_file()
+
+
+def test_only_float_typed_training_arguments_read_e_notation(tmp_path: Path) -> None:
+    recipe = load_recipe(write(tmp_path, MINIMAL), ["training.run_name=1e3", "model.revision=12e45"])
+    assert recipe.training.arguments()["run_name"] == "1e3"
+    assert recipe.model.revision == "12e45"

@@ -135,11 +135,14 @@ class Classification(Task):
         """Label and probability (or the score, for regression) of each text."""
         import torch
 
+        for number, row in enumerate(rows, 1):
+            if not isinstance(row.get("text"), str):
+                raise LlmkitError(f"predict input {number} has no `text` field (fields: {', '.join(row) or 'none'})")
         results = []
         model.eval()
         for first in range(0, len(rows), 32):
             chunk = rows[first : first + 32]
-            texts = [str(row.get("text", "")) for row in chunk]
+            texts = [row["text"] for row in chunk]
             pairs = [str(row["text_pair"]) for row in chunk] if all("text_pair" in row for row in chunk) else None
             encoded = tokenizer(
                 texts, pairs, truncation=True, max_length=recipe.data.max_length, padding=True, return_tensors="pt"
