@@ -116,7 +116,7 @@ def gpt2(folder: Path, steps: int, compile_model: bool, dry_run: bool) -> list[R
     for name, overrides in variants.items():
         timings[name] = tt.llmkit_side(run, prepared, shape, **overrides)
     plain, plain_losses = tt.plain_side(run, prepared, shape, bf16=on_gpu)
-    gap = tt.loss_gap(timings["eager"].logged, plain_losses, block)
+    gap = tt.loss_gap(timings["eager"].logged, plain_losses)
     for name, timing in timings.items():
         rate = timing.tokens_per_second
         mfu = 6 * parameters * rate / peak if peak else None

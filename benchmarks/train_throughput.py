@@ -206,7 +206,7 @@ def lockstep(run: Any, prepared: Any, shape: Shape) -> tuple[float, float, float
     trainer = build(run, prepared, [Lockstep()])
     trainer.train()
     window = range(shape.warmup + 1, shape.warmup + shape.steps + 1)
-    gap = loss_gap(logged_losses(trainer), [float(x) for x in loop.losses], shape.block)
+    gap = loss_gap(logged_losses(trainer), [float(x) for x in loop.losses])
     return sum(ours[k] for k in window), sum(theirs[k] for k in window), gap
 
 
@@ -227,20 +227,18 @@ def prepare(shape: Shape, output_dir: str) -> tuple[Any, Any, str]:
     return run, prepared, corpus
 
 
-def loss_gap(logged: dict[int, float], losses: list[float], block: int) -> float:
+def loss_gap(logged: dict[int, float], losses: list[float]) -> float:
     """Largest relative difference between the Trainer's logged losses and the plain loop's per-step losses
     averaged over the same windows.
 
-    transformers' Trainer divides a GPT-2 batch's summed loss by all label tokens, not by the `block - 1`
-    that are predicted (it does not recognise GPT2LMHeadModel as a shifting causal LM), so its logged loss
-    is (block - 1) / block of the mean; the gradient direction, and with clipping and Adam the update, is the same.
+    Both are the mean over the `block - 1` predicted tokens of each row: llmkit names GPT-2's causal loss
+    (`models.name_causal_loss`), without which transformers' Trainer divides by all `block` label tokens.
     """
-    scale = (block - 1) / block
     gaps, previous = [], 0
     for step in sorted(logged):
         window = losses[previous:step]
         if len(window) == step - previous:
-            expected = scale * sum(window) / len(window)
+            expected = sum(window) / len(window)
             gaps.append(abs(logged[step] - expected) / abs(expected))
         previous = step
     return max(gaps, default=float("nan"))
