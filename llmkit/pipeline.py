@@ -6,7 +6,6 @@ output folder is touched; `train()`, `evaluate()` and `check()` share it.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,10 +274,6 @@ def _prepare_eval(run: Setup) -> Prepared:
     from datasets import DatasetDict
 
     return run.task.preprocess(run.recipe, DatasetDict({"eval": run.raw["eval"]}), run.tokenizer)
-
-
-def read_metrics(folder: Path) -> dict[str, Any]:
-    return json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
 
 
 def merge_adapter(adapter_dir: Path, out_dir: Path, overwrite: bool = False) -> Path:

@@ -211,11 +211,6 @@ class Recipe(Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-def training_argument_names() -> set[str]:
-    """Keyword arguments TrainingArguments accepts (imported lazily: transformers is heavy)."""
-    return set(training_argument_types())
-
-
 @functools.cache
 def training_argument_types() -> dict[str, Any]:
     """TrainingArguments fields → their type hints, so a recipe's extra `training:` keys are checked by type

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tiny_recipe import clm_recipe, invoke, one_thread, write_corpus, write_recipe
+from tiny_recipe import clm_recipe, invoke, one_thread, tiny_bert, write_corpus, write_recipe
 
 from llmkit.check import Lengths, planned_steps
 from llmkit.recipe import recipe_from_mapping
@@ -93,14 +93,7 @@ def test_planned_steps_match_what_training_does(data: Path, tmp_path: Path) -> N
 
 
 def test_check_marks_masked_tokens_for_mlm_and_labels_for_classification(tmp_path: Path, no_model: None) -> None:
-    bert = {
-        "model_type": "bert",
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "max_position_embeddings": 64,
-    }
+    bert = tiny_bert(layers=2, hidden=64)
     text = write_corpus(tmp_path / "train.txt")
     mlm = clm_recipe(text, tmp_path / "mlm")
     mlm.update(task="mlm", model={"from_config": bert}, tokenizer={"train": {"kind": "wordpiece", "vocab_size": 200}})

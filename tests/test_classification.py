@@ -10,7 +10,7 @@ import pytest
 from llmkit.errors import LlmkitError
 from llmkit.recipe import recipe_from_mapping
 from tests.conftest import REPO
-from tests.tiny_recipe import invoke, one_thread
+from tests.tiny_recipe import invoke, one_thread, tiny_bert
 
 REVIEWS_TRAIN = REPO / "recipes/ci/data/reviews-train.jsonl"
 REVIEWS_EVAL = REPO / "recipes/ci/data/reviews-eval.jsonl"
@@ -102,16 +102,7 @@ def tiny_recipe(train: Path, eval_file: Path | None = None, **data: object) -> o
     return recipe_from_mapping(
         {
             "task": "classification",
-            "model": {
-                "from_config": {
-                    "model_type": "bert",
-                    "num_hidden_layers": 1,
-                    "num_attention_heads": 2,
-                    "hidden_size": 32,
-                    "intermediate_size": 64,
-                    "max_position_embeddings": 64,
-                }
-            },
+            "model": {"from_config": tiny_bert()},
             "tokenizer": {"train": {"kind": "wordpiece", "vocab_size": 100, "min_frequency": 1}},
             "data": {"train": str(train), **({"eval": str(eval_file)} if eval_file else {}), "max_length": 32, **data},
             "training": {"output_dir": str(train.parent / "run"), "max_steps": 2},

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from tiny_recipe import clm_recipe, invoke, snapshot, write_corpus, write_recipe
+from tiny_recipe import clm_recipe, invoke, snapshot, tiny_bert, write_corpus, write_recipe
 
 Build = Callable[[Path, Path], list[Any]]
 
@@ -151,14 +151,7 @@ def command(*argv: str) -> Build:
 
 DROP = object()
 GOOD = yaml.safe_dump(clm_recipe("train.txt", "out"), sort_keys=False)
-BERT = {
-    "model_type": "bert",
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "max_position_embeddings": 64,
-}
+BERT = tiny_bert(layers=2, hidden=64)
 
 
 def task_case(task: str, model: dict[str, Any], train: str, *edits: tuple[str, Any]) -> Build:

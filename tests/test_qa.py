@@ -12,19 +12,12 @@ import pytest
 from llmkit.errors import LlmkitError
 from llmkit.recipe import load_recipe, recipe_from_mapping
 from tests.conftest import REPO
-from tests.tiny_recipe import invoke, one_thread
+from tests.tiny_recipe import invoke, one_thread, tiny_bert
 
 PEOPLE_TRAIN = REPO / "recipes/ci/data/people-train.json"
 PEOPLE_EVAL = REPO / "recipes/ci/data/people-eval.json"
 DATA = [f"data.train={PEOPLE_TRAIN}", f"data.eval={PEOPLE_EVAL}"]
-BERT = {
-    "model_type": "bert",
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "max_position_embeddings": 64,
-}
+BERT = tiny_bert()
 
 
 def qa_recipe(train: Path, **data: object):

@@ -26,6 +26,18 @@ PLACES = ["in the morning", "at night", "near the school", "after lunch"]
 BLOCK = 32  # data.max_length of the tiny recipe
 
 
+def tiny_bert(layers: int = 1, hidden: int = 32) -> dict[str, Any]:
+    """`model.from_config` of a BERT small enough to train in seconds."""
+    return {
+        "model_type": "bert",
+        "num_hidden_layers": layers,
+        "num_attention_heads": 2,
+        "hidden_size": hidden,
+        "intermediate_size": 2 * hidden,
+        "max_position_embeddings": 64,
+    }
+
+
 def write_corpus(path: Path, lines: int = 240, seed: int = 0) -> Path:
     """Short sentences from a small grammar: a 2-layer model learns them within a few dozen steps."""
     rng = random.Random(seed)
