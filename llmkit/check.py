@@ -182,6 +182,8 @@ def report(recipe: Recipe) -> None:
     limit = recipe.data.max_length
     model = recipe.model.name_or_path or f"{recipe.model.from_config.get('model_type')} built from config"
     console.print(f"recipe ok: task `{recipe.task}`, model {model}, tokenizer vocab {len(run.tokenizer)}", markup=False)
+    if getattr(run.config, "problem_type", None) == "regression":
+        console.print("labels are numbers with decimals: regression (one output, mean squared error)", markup=False)
 
     sampled = any(len(dataset) > LENGTH_SAMPLE for dataset in run.raw.values())
     table = Table(title="tokens per row, before truncation" + (f" (first {LENGTH_SAMPLE} rows)" if sampled else ""))

@@ -42,18 +42,43 @@ ResumeOpt = Annotated[
     ),
 ]
 
+# Launch options: accelerate's, named and counted as `accelerate launch` names and counts them.
 ProcessesOpt = Annotated[
-    int,
+    int | None,
     typer.Option(
         "--num-processes",
-        help="Train in N processes (one per GPU) by re-launching through `accelerate launch`.",
+        help="Processes in all, over all machines (as `accelerate launch` counts them). More than one re-launches "
+        "this command through accelerate's launcher: one process per GPU, or on the CPU where there is no GPU.",
     ),
 ]
-CpuOpt = Annotated[
-    bool, typer.Option("--cpu", help="With --num-processes: run every process on the CPU (gloo backend).")
+CpuOpt = Annotated[bool, typer.Option("--cpu", help="Run every process on the CPU (gloo backend), even beside GPUs.")]
+MachinesOpt = Annotated[
+    int | None,
+    typer.Option("--num-machines", help="Machines taking part: start the same command on each (README: Scaling out)."),
+]
+MachineRankOpt = Annotated[
+    int | None, typer.Option("--machine-rank", help="This machine's number: 0 on the main one, to --num-machines - 1.")
+]
+MainProcessIpOpt = Annotated[
+    str | None, typer.Option("--main-process-ip", help="Address of machine rank 0, where all processes meet.")
+]
+MainProcessPortOpt = Annotated[
+    int | None,
+    typer.Option("--main-process-port", help="Port on machine rank 0 (default: a free one; 29500 with many machines)."),
+]
+AccelerateConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--accelerate-config",
+        help="An `accelerate config` file (machines, FSDP, DeepSpeed ...); the options above take precedence.",
+    ),
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Terminated(Exception):
+    """SIGTERM outside training (inside it, training stops at a step boundary and saves a checkpoint)."""
 
 
 def reports_errors(command: F) -> F:
@@ -68,6 +93,13 @@ def reports_errors(command: F) -> F:
                 raise
             typer.echo(f"{getattr(err, 'label', 'error')}: {err}", err=True)
             raise typer.Exit(err.exit_code) from None
+        except (KeyboardInterrupt, Terminated) as stop:  # outside training, or a second Ctrl-C
+            if os.environ.get("LLMKIT_DEBUG"):
+                raise
+            ctrl_c = isinstance(stop, KeyboardInterrupt)
+            if is_main_process():
+                typer.echo(f"stopped: {'interrupted (Ctrl-C)' if ctrl_c else 'terminated (SIGTERM)'}", err=True)
+            raise typer.Exit(130 if ctrl_c else 143) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -112,25 +144,40 @@ def run_training(
     overwrite: bool,
     resume: str | None,
     tasks: set[str],
-    num_processes: int = 1,
-    cpu: bool = False,
+    launch_options: Any = None,
 ) -> None:
-    from llmkit import launch, pipeline
+    from llmkit import launch
+
+    options = launch_options or launch.LaunchOptions()
+    try:
+        recipe = load(recipe_name, overrides)
+        if recipe.task not in tasks:
+            allowed = ", ".join(sorted(tasks))
+            raise LlmkitError(f"recipe field `task`: `{recipe.task}` is not for this command (use one of: {allowed})")
+        if launch.needs_relaunch(options):
+            # The workers run this very command line; having a rank, they do not launch again.
+            raise typer.Exit(launch.relaunch(options, sys.argv[1:]))
+        train_here(recipe, overwrite, resume)
+    except LlmkitError as err:  # in a launched worker: said once, by the launching process or rank 0
+        if launch.report_from_worker(f"{getattr(err, 'label', 'error')}: {err}", err.exit_code):
+            raise typer.Exit(err.exit_code) from None
+        raise
+
+
+def train_here(recipe: Any, overwrite: bool, resume: str | None) -> None:
+    """Train in this process (the only one, or one of a launched group)."""
+    from llmkit import pipeline
     from llmkit.errors import Interrupted
 
-    recipe = load(recipe_name, overrides)
-    if recipe.task not in tasks:
-        allowed = ", ".join(sorted(tasks))
-        raise LlmkitError(f"recipe field `task`: `{recipe.task}` is not for this command (use one of: {allowed})")
-    if launch.needs_relaunch(num_processes, cpu):
-        raise typer.Exit(launch.relaunch(num_processes, cpu, launch.strip_launch_options(sys.argv[1:])))
     resume_from: str | bool | None = True if resume == "latest" else resume
     try:
         metrics = pipeline.train(recipe, overwrite=overwrite, resume=resume_from)
     except Interrupted as stop:
         if not is_main_process():
             raise typer.Exit(stop.exit_code) from None  # rank 0 says it once
-        raise Interrupted(f"{stop}; to continue: {resume_command()}") from None
+        if stop.resumable:
+            stop.args = (f"{stop}; to continue: {resume_command()}",)
+        raise
     if is_main_process():
         shown = {k: v for k, v in metrics.items() if k.startswith("eval_") or k in ("perplexity", "train_loss")}
         print_metrics(shown, f"{recipe.task} → {recipe.training.output_dir}")
@@ -141,8 +188,10 @@ def is_main_process() -> bool:
 
 
 def resume_command() -> str:
-    """This command line again, with `--resume latest` instead of --overwrite/--resume."""
-    from llmkit.launch import strip_launch_options
+    """This command line again, with `--resume latest` instead of --overwrite/--resume (a worker of
+    `--num-processes` runs the user's own command line; under a bare `accelerate launch` the launch
+    options that would start the same processes are added)."""
+    from llmkit.launch import launch_options_in_effect
 
     kept: list[str] = []
     arguments = iter(sys.argv[1:])
@@ -151,9 +200,9 @@ def resume_command() -> str:
             next(arguments, None)
         elif item != "--overwrite" and not item.startswith("--resume="):
             kept.append(item)
-    processes = int(os.environ.get("WORLD_SIZE", "1"))
-    launch = ["--num-processes", str(processes)] if processes > 1 else []
-    return " ".join(["llmkit", *strip_launch_options(kept), *launch, "--resume", "latest"])
+    launched = any(item == "--num-processes" or item.startswith("--num-processes=") for item in kept)
+    launch = [] if launched else launch_options_in_effect()
+    return " ".join(["llmkit", *kept, *launch, "--resume", "latest"])
 
 
 @app.command()
@@ -163,14 +212,24 @@ def pretrain(
     overrides: OverridesArg = None,
     overwrite: OverwriteOpt = False,
     resume: ResumeOpt = None,
-    num_processes: ProcessesOpt = 1,
+    num_processes: ProcessesOpt = None,
     cpu: CpuOpt = False,
+    num_machines: MachinesOpt = None,
+    machine_rank: MachineRankOpt = None,
+    main_process_ip: MainProcessIpOpt = None,
+    main_process_port: MainProcessPortOpt = None,
+    accelerate_config: AccelerateConfigOpt = None,
 ) -> None:
     """Pretrain (from scratch or continued) with a causal-LM or masked-LM objective.
 
     Example: llmkit pretrain recipes/ci/tiny-gpt2-clm.yaml training.max_steps=200
     """
-    run_training(recipe, overrides, overwrite, resume, {"clm", "mlm"}, num_processes, cpu)
+    from llmkit.launch import LaunchOptions
+
+    launching = LaunchOptions(
+        num_processes, num_machines, machine_rank, main_process_ip, main_process_port, accelerate_config, cpu
+    )
+    run_training(recipe, overrides, overwrite, resume, {"clm", "mlm"}, launching)
 
 
 @app.command()
@@ -180,15 +239,25 @@ def finetune(
     overrides: OverridesArg = None,
     overwrite: OverwriteOpt = False,
     resume: ResumeOpt = None,
-    num_processes: ProcessesOpt = 1,
+    num_processes: ProcessesOpt = None,
     cpu: CpuOpt = False,
+    num_machines: MachinesOpt = None,
+    machine_rank: MachineRankOpt = None,
+    main_process_ip: MainProcessIpOpt = None,
+    main_process_port: MainProcessPortOpt = None,
+    accelerate_config: AccelerateConfigOpt = None,
 ) -> None:
     """Fine-tune for classification, summarization or question answering (or clm/mlm domain tuning).
 
     Example: llmkit finetune recipes/bert-sst2.yaml training.num_train_epochs=1
     """
     every_task = {"clm", "mlm", "classification", "summarization", "qa"}  # recipe.TaskName (pydantic stays unimported)
-    run_training(recipe, overrides, overwrite, resume, every_task, num_processes, cpu)
+    from llmkit.launch import LaunchOptions
+
+    launching = LaunchOptions(
+        num_processes, num_machines, machine_rank, main_process_ip, main_process_port, accelerate_config, cpu
+    )
+    run_training(recipe, overrides, overwrite, resume, every_task, launching)
 
 
 @app.command("eval")
@@ -212,8 +281,13 @@ def evaluate(
     from llmkit.recipe import meets
 
     loaded = load(recipe, overrides)
-    metrics, folder = pipeline.evaluate(loaded, checkpoint)
-    print_metrics(metrics, f"eval of {folder}")
+    metrics, written = pipeline.evaluate(loaded, checkpoint)
+    evaluated = checkpoint or loaded.training.output_dir
+    print_metrics(metrics, f"eval of {evaluated} on {loaded.data.eval or 'the held-out split'}")
+    if written is not None:
+        typer.echo(f"metrics written to {written / 'metrics.json'}")
+    else:
+        typer.echo(f"note: {evaluated} was not written by llmkit; the metrics were not saved there")
     if check:
         missed = []
         for name, bar in loaded.expect.items():
@@ -314,6 +388,13 @@ def merge(
 
 
 def main() -> None:
+    """SIGTERM becomes an exception so that it ends a command like Ctrl-C does: one line, exit 143."""
+    import signal
+
+    def terminated(number: int, frame: Any) -> None:
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, terminated)
     app()
 
 

@@ -35,7 +35,15 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
 
 
 class Interrupted(LlmkitError):
-    """Training stopped on Ctrl-C/SIGTERM after saving a checkpoint; exit code 130 as for any Ctrl-C."""
+    """Stopped by Ctrl-C (exit 130) or SIGTERM (exit 143), as shells report a process a signal ended;
+    during training, after saving a checkpoint."""
 
     exit_code = 130
     label = "stopped"
+
+    def __init__(self, message: str, signal_number: int | None = None, resumable: bool = True) -> None:
+        super().__init__(message)
+        #: whether `--resume latest` continues it (a replacing run's checkpoint waits in its staging folder)
+        self.resumable = resumable
+        if signal_number is not None:
+            self.exit_code = 128 + signal_number

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from llmkit.errors import LlmkitError, did_you_mean
 
 if TYPE_CHECKING:
+    from tokenizers import Tokenizer
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
     from llmkit.recipe import ModelSection, TokenizerSection, TokenizerTrainSection
@@ -96,8 +97,25 @@ def check_buildable(auto_class: Any, config: PretrainedConfig) -> None:
         with torch.device("meta"):
             auto_class.from_config(config)
     except Exception as err:
-        problem = _one_line(err)
+        problem = in_config_terms(_one_line(err), config)
         raise LlmkitError(f"recipe field `model.from_config`: cannot build `{config.model_type}`: {problem}") from None
+
+
+#: names model code uses for config values (GPT-2's attention says `embed_dim` for the config's `n_embd`)
+INTERNAL_NAMES = {"embed_dim": "hidden_size", "num_heads": "num_attention_heads", "num_layers": "num_hidden_layers"}
+
+
+def in_config_terms(message: str, config: PretrainedConfig) -> str:
+    """A model's error message in the recipe's words: internal names become the config keys a user writes."""
+    import re
+
+    spelled = {canonical: alias for canonical, alias in getattr(type(config), "attribute_map", {}).items()}
+
+    def rename(match: re.Match[str]) -> str:
+        canonical = INTERNAL_NAMES[match.group(0)]
+        return spelled.get(canonical, canonical)
+
+    return re.sub(r"\b(" + "|".join(INTERNAL_NAMES) + r")\b", rename, message)
 
 
 def _one_line(err: BaseException) -> str:
@@ -147,8 +165,13 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerB
 
 
 def train_tokenizer(spec: TokenizerTrainSection, texts: Iterable[str]) -> PreTrainedTokenizerBase:
-    """Train a GPT-2 style byte-level BPE or a BERT style WordPiece tokenizer on the given texts."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """Train a GPT-2 style byte-level BPE or a BERT style WordPiece tokenizer on the given texts.
+
+    Both kinds are reproducible: the same texts give a byte-identical `tokenizer.json` in any process. Byte-level BPE
+    is so as trained (its whole 256-symbol alphabet is given up front, so every id is assigned in a fixed order);
+    WordPiece needs `_train_wordpiece`.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     if spec.kind == "bpe":
@@ -166,14 +189,7 @@ def train_tokenizer(spec: TokenizerTrainSection, texts: Iterable[str]) -> PreTra
             tokenizer_object=tok, bos_token=BPE_SPECIAL, eos_token=BPE_SPECIAL, unk_token=BPE_SPECIAL
         )
     else:
-        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        tok.decoder = decoders.WordPiece()
-        trainer = trainers.WordPieceTrainer(
-            vocab_size=spec.vocab_size, min_frequency=spec.min_frequency, special_tokens=WORDPIECE_SPECIALS
-        )
-        tok.train_from_iterator(_batches(texts), trainer)
+        tok = _train_wordpiece(spec, texts)
         cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]",
@@ -193,7 +209,50 @@ def train_tokenizer(spec: TokenizerTrainSection, texts: Iterable[str]) -> PreTra
     return ensure_pad_token(wrapped)
 
 
+def _wordpiece_tokenizer(vocab: dict[str, int] | None = None) -> Tokenizer:
+    """A BERT style (uncased) WordPiece tokenizer, empty or over the given vocabulary."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    return tok
+
+
+def _train_wordpiece(spec: TokenizerTrainSection, texts: Iterable[str]) -> Tokenizer:
+    """Train WordPiece so that the same texts always give the same vocabulary, ids included.
+
+    The trainer (tokenizers 0.23, huggingface/tokenizers#1794) creates the `##x` continuation pieces while walking
+    a randomly seeded hash map of the words, so their ids change from process to process; and ids break the ties
+    between equally frequent merges, so even which pieces are learned can change. The fix needs two passes over the
+    texts (they are held in memory): a first one without merges finds the continuation pieces, the second registers
+    them up front, sorted, after the 5 specials (the trainer numbers these in order and reuses them instead of
+    creating its own). Same pieces, same counts, same vocabulary size as the stock trainer; only the ids are fixed.
+    The result is rebuilt over the learned vocabulary so that the pieces are plain vocabulary entries again, not
+    added tokens matched in raw text.
+    """
+    from tokenizers import trainers
+
+    batches = list(_batches(texts))
+    probe = _wordpiece_tokenizer()
+    probe.train_from_iterator(
+        batches, trainers.WordPieceTrainer(vocab_size=0, special_tokens=WORDPIECE_SPECIALS, show_progress=False)
+    )
+    # with no merges the vocabulary is the specials, the alphabet and each continuation piece "##" + one character
+    pieces = sorted(token for token in probe.get_vocab() if len(token) == 3 and token.startswith("##"))
+    trained = _wordpiece_tokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=spec.vocab_size, min_frequency=spec.min_frequency, special_tokens=WORDPIECE_SPECIALS + pieces
+    )
+    trained.train_from_iterator(batches, trainer)
+    tok = _wordpiece_tokenizer(trained.get_vocab(with_added_tokens=False))
+    tok.add_special_tokens(WORDPIECE_SPECIALS)
+    return tok
+
+
 def _batches(texts: Iterable[str], size: int = 1000) -> Iterator[list[str]]:
+    """The non-empty texts in lists of `size`, in their order (the trainers take batches of texts)."""
     batch: list[str] = []
     for text in texts:
         if text:

@@ -6,6 +6,7 @@ output folder is touched; `train()`, `evaluate()` and `check()` share it.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from datasets import DatasetDict
     from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
+    from llmkit.run_folder import RunFolder
     from llmkit.tasks.base import Evaluation, Prepared, Task
 
 
@@ -117,71 +119,122 @@ def is_main_process() -> bool:
 
 
 def train(recipe: Recipe, overwrite: bool = False, resume: str | bool | None = None) -> dict[str, Any]:
-    """Train, evaluate and write the run folder; returns the eval metrics."""
-    from llmkit import artifacts
-    from llmkit.errors import Interrupted, TrainingDiverged
-    from llmkit.trainer import StopOnSignal, build_trainer, divergence_guard, resolve_resume, training_arguments
+    """Train, evaluate and write the run folder; returns the eval metrics.
 
-    output = Path(recipe.training.output_dir)
-    artifacts.check_output_dir(output, overwrite, bool(resume))
-    checkpoint = resolve_resume(output, resume)
+    The run is checked (folder, checkpoint, data, model config) before anything is written; a run that
+    replaces an earlier one is written beside it and swapped in only once it has succeeded."""
+    from llmkit.errors import Interrupted, TrainingDiverged
+    from llmkit.run_folder import RunFolder, local_inputs
+    from llmkit.trainer import (
+        DivergenceGuard,
+        StopOnSignal,
+        build_trainer,
+        resolve_resume,
+        training_arguments,
+        weights_are_finite,
+    )
+
+    folder = RunFolder.for_training(Path(recipe.training.output_dir), overwrite, bool(resume), local_inputs(recipe))
+    checkpoint = resolve_resume(folder.target, resume, recipe.training.max_steps)
     started = time.time()
-    args = training_arguments(recipe)
+    args = training_arguments(recipe, output_dir=str(folder.work))
     run = setup(recipe)
     with args.main_process_first(desc="preprocessing"):
         prepared = run.task.preprocess(recipe, run.raw, run.tokenizer)
     model = trainable_model(run)
-    guard, stop = divergence_guard(), StopOnSignal()
-    trainer = build_trainer(run.task, recipe, args, model, run.tokenizer, prepared, callbacks=[guard, stop.callback()])
-    if overwrite and not resume and trainer.is_world_process_zero():
-        artifacts.clear_output_dir(output)
-    output.mkdir(parents=True, exist_ok=True)
-    stop.install()
+    guard, stop = DivergenceGuard(), StopOnSignal()
+    guard.watch(model)
+    trainer = build_trainer(
+        run.task, recipe, args, model, run.tokenizer, prepared, callbacks=[guard.callback(), stop.callback()]
+    )
+    folder.create()
     try:
-        result = trainer.train(resume_from_checkpoint=checkpoint)
-    finally:
-        stop.restore()
-    if stop.stopped_at is not None:
-        saved = output / f"checkpoint-{stop.stopped_at}"
-        raise Interrupted(f"interrupted at step {stop.stopped_at}; checkpoint saved in {saved}")
-    if guard.diverged_at is not None:
-        raise TrainingDiverged(
-            f"training diverged: the loss is not finite at step {guard.diverged_at}; "
-            f"lower training.learning_rate (checkpoints before that step are kept in {output})"
-        )
-    evaluation = run.task.evaluate(trainer, prepared, recipe, run.tokenizer) if prepared.eval is not None else None
-    metrics = {**result.metrics, **(evaluation.metrics if evaluation else {})}
-    # Every process takes part in the final save: FSDP and DeepSpeed gather the sharded weights collectively.
-    artifacts.save_model_atomically(trainer, run.tokenizer, output)
-    if trainer.is_world_process_zero():
-        trainer.save_state()  # trainer_state.json: the full log history (losses, eval points)
-        if recipe.peft is not None:
-            from llmkit.adapters import save_base_config
-
-            save_base_config(trainer.model, output)
-        write_results(output, recipe, evaluation, metrics)
-        artifacts.plot_losses(trainer.state.log_history, output / "loss.png")
-        (output / "README.md").write_text(
-            artifacts.model_card(recipe, metrics, adapter=recipe.peft is not None, auto_class=run.task.auto_class_name),
-            encoding="utf-8",
-        )
-        artifacts.write_json(output / "run.json", run_facts(recipe, started, trainer, prepared, run.raw))
+        stop.install()
+        try:
+            result = trainer.train(resume_from_checkpoint=checkpoint)
+        finally:
+            stop.restore()
+        if stop.stopped_at is not None:
+            message = interrupted_message(folder, stop.stopped_at)
+            raise Interrupted(message, signal_number=stop.signal, resumable=not folder.replacing)
+        if guard.diverged_at is not None:
+            raise TrainingDiverged(diverged_message(folder, f"the loss is not finite at step {guard.diverged_at}"))
+        evaluation = run.task.evaluate(trainer, prepared, recipe, run.tokenizer) if prepared.eval is not None else None
+        metrics = {**result.metrics, **(evaluation.metrics if evaluation else {})}
+        eval_loss = metrics.get("eval_loss")
+        if isinstance(eval_loss, float) and not math.isfinite(eval_loss):
+            raise TrainingDiverged(diverged_message(folder, f"the eval loss is {eval_loss} after training"))
+        if not weights_are_finite(trainer.model):
+            raise TrainingDiverged(diverged_message(folder, "the trained weights hold NaN or infinite values"))
+        folder.save_model(trainer, run.tokenizer)
+        if trainer.is_world_process_zero():
+            write_run(folder, recipe, run, trainer, prepared, evaluation, metrics, started)
+        trainer.accelerator.wait_for_everyone()
+    except Interrupted:
+        folder.release()  # a replacing run keeps its staging folder: the checkpoint is there
+        raise
+    except BaseException:
+        folder.discard()
+        raise
+    folder.commit()
     return metrics
 
 
-def write_results(output: Path, recipe: Recipe, evaluation: Evaluation | None, metrics: dict[str, Any]) -> None:
-    from llmkit import artifacts
+def write_run(
+    folder: RunFolder,
+    recipe: Recipe,
+    run: Setup,
+    trainer: Any,
+    prepared: Prepared,
+    evaluation: Evaluation | None,
+    metrics: dict[str, Any],
+    started: float,
+) -> None:
+    """Everything a finished run leaves besides its weights (main process only)."""
+    from llmkit import report
+    from llmkit.run_folder import numeric_metrics
 
-    artifacts.write_recipe(output, recipe)
-    artifacts.write_json(output / "metrics.json", artifacts.clean_metrics(metrics))
+    trainer.save_state()  # trainer_state.json: the full log history (losses, eval points)
+    if recipe.peft is not None:
+        from llmkit.adapters import save_base_config
+
+        save_base_config(trainer.model, folder.work)
+    folder.write_recipe(recipe)
+    folder.write_json("metrics.json", numeric_metrics(metrics))
     if evaluation is not None and evaluation.predictions is not None:
-        artifacts.write_predictions(output / "predictions.jsonl", evaluation.predictions)
+        folder.write_predictions(evaluation.predictions)
+    report.plot_losses(trainer.state.log_history, folder.work / "loss.png")
+    card = report.model_card(recipe, metrics, adapter=recipe.peft is not None, auto_class=run.task.auto_class_name)
+    folder.write_text("README.md", card)
+    folder.write_json("run.json", run_facts(recipe, started, trainer, prepared, run.raw))
+
+
+def interrupted_message(folder: RunFolder, step: int) -> str:
+    saved = folder.work / f"checkpoint-{step}"
+    if folder.replacing:
+        return (
+            f"interrupted at step {step}; the previous run in {folder.target} is untouched and the new run's "
+            f"checkpoint is in {saved} (delete {folder.work} to drop it)"
+        )
+    return f"interrupted at step {step}; checkpoint saved in {saved}"
+
+
+def diverged_message(folder: RunFolder, what: str) -> str:
+    """Names only checkpoints that exist: a replacing run's are dropped with it, the previous run stays."""
+    advice = "lower training.learning_rate (or set training.max_grad_norm)"
+    if folder.replacing:
+        kept = f"the previous run in {folder.target} is untouched"
+        return f"training diverged: {what}; {advice}; no model was written and {kept}"
+    kept = folder.checkpoints()
+    where = f"checkpoints kept in {folder.work}: {', '.join(kept)}" if kept else "no checkpoint was saved before it"
+    return f"training diverged: {what}; {advice}; no final model was written ({where})"
 
 
 def run_facts(
     recipe: Recipe, started: float, trainer: Any, prepared: Prepared, raw: DatasetDict | None = None
 ) -> dict[str, Any]:
-    """Versions, device, seed, data fingerprints and timing: what it takes to reproduce or compare a run."""
+    """Versions, device, seed, data fingerprints and timing: what it takes to reproduce or compare a run;
+    and how it was spread (strategy, world size, machines, per-process and global batch), as it ran."""
     import platform
     import subprocess
 
@@ -190,6 +243,7 @@ def run_facts(
 
     from llmkit import __version__
     from llmkit.data import fingerprints
+    from llmkit.launch import strategy
 
     try:
         commit = (
@@ -210,7 +264,7 @@ def run_facts(
         "git_commit": commit,
         "seed": recipe.training.seed,
         "device": str(trainer.args.device),
-        "world_size": trainer.args.world_size,
+        **strategy(trainer),
         "data_fingerprints": fingerprints(recipe.data, raw) if raw is not None else {},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "ended": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -233,23 +287,27 @@ def mean_tokens(features: Any) -> float:
 
 def recipe_for_checkpoint(recipe: Recipe, checkpoint: Path) -> Recipe:
     """The same recipe, but loading model and tokenizer from a trained run folder."""
-    from llmkit import artifacts
+    from llmkit.run_folder import check_weights, is_model_folder
 
-    if not artifacts.is_run_folder(checkpoint):
+    if not is_model_folder(checkpoint):
         raise LlmkitError(f"--checkpoint {checkpoint} is not a run folder (no config.json or adapter_config.json)")
+    check_weights(checkpoint, "run folder")
     content = recipe.model_dump(mode="json")
     content["model"] = {**content["model"], "name_or_path": str(checkpoint), "from_config": None}
     content["tokenizer"] = {"name_or_path": str(checkpoint), "train": None}
     return recipe_from_mapping(content)
 
 
-def evaluate(recipe: Recipe, checkpoint: Path | None = None) -> tuple[dict[str, Any], Path]:
-    """Evaluate a trained run folder on the recipe's eval data; writes metrics.json there."""
-    from llmkit.artifacts import is_run_folder
+def evaluate(recipe: Recipe, checkpoint: Path | None = None) -> tuple[dict[str, Any], Path | None]:
+    """Evaluate a trained run folder on the recipe's eval data.
+
+    The training run's own `metrics.json` is never touched: the results go to `eval/<data name>/` inside an
+    llmkit run folder (returned), and are only printed for a folder llmkit did not write (None)."""
+    from llmkit.run_folder import is_llmkit_folder, is_model_folder, numeric_metrics, write_json
     from llmkit.trainer import build_trainer, training_arguments
 
     folder = checkpoint or Path(recipe.training.output_dir)
-    if checkpoint is None and not is_run_folder(folder):
+    if checkpoint is None and not is_model_folder(folder):
         raise LlmkitError(
             f"recipe field `training.output_dir`: no trained model in {folder} (train first or pass --checkpoint)"
         )
@@ -260,13 +318,30 @@ def evaluate(recipe: Recipe, checkpoint: Path | None = None) -> tuple[dict[str, 
     model = load_model(run)
     trainer = build_trainer(run.task, recipe, args, model, run.tokenizer, prepared)
     evaluation = run.task.evaluate(trainer, prepared, recipe, run.tokenizer)
+    if not is_llmkit_folder(folder):
+        return evaluation.metrics, None
+    written = folder / "eval" / eval_name(recipe)
     if trainer.is_world_process_zero():
-        from llmkit import artifacts
-
-        artifacts.write_json(folder / "metrics.json", artifacts.clean_metrics(evaluation.metrics))
+        write_json(written / "metrics.json", numeric_metrics(evaluation.metrics))
         if evaluation.predictions is not None:
-            artifacts.write_predictions(folder / "predictions.jsonl", evaluation.predictions)
-    return evaluation.metrics, folder
+            from llmkit.run_folder import RunFolder
+
+            RunFolder(written, written).write_predictions(evaluation.predictions)
+    return evaluation.metrics, written
+
+
+def eval_name(recipe: Recipe) -> str:
+    """A folder name for the eval data: the file's name, the hub split, or the held-out fraction."""
+    import re
+
+    data = recipe.data
+    if data.eval is None:
+        name = f"heldout-{data.validation_split:g}" if data.validation_split else "eval"
+    elif Path(data.eval).exists():
+        name = Path(data.eval).stem if Path(data.eval).is_file() else Path(data.eval).name
+    else:
+        name = f"{Path(data.train).name}-{data.eval}"
+    return re.sub(r"[^\w.-]+", "-", name).strip("-.") or "eval"
 
 
 def _prepare_eval(run: Setup) -> Prepared:
@@ -277,9 +352,12 @@ def _prepare_eval(run: Setup) -> Prepared:
 
 
 def merge_adapter(adapter_dir: Path, out_dir: Path, overwrite: bool = False) -> Path:
-    """`llmkit merge`: a LoRA run folder → a plain model folder (merged weights, tokenizer, recipe)."""
-    from llmkit import adapters, artifacts
+    """`llmkit merge`: a LoRA run folder → a plain model folder (merged weights, tokenizer, recipe), written
+    beside OUT_DIR and moved in place once complete."""
+    from llmkit import adapters
+    from llmkit.models import adapter_base
     from llmkit.recipe import load_recipe
+    from llmkit.run_folder import RunFolder, check_weights, local_inputs
 
     if not adapters.is_adapter_folder(adapter_dir):
         raise LlmkitError(f"{adapter_dir} is not a LoRA run folder (no adapter_config.json)")
@@ -287,15 +365,22 @@ def merge_adapter(adapter_dir: Path, out_dir: Path, overwrite: bool = False) -> 
         raise LlmkitError(f"{adapter_dir} has no recipe.yaml (was it written by llmkit finetune?)")
     if out_dir.resolve() == adapter_dir.resolve():
         raise LlmkitError("OUT_DIR must differ from ADAPTER_DIR: merging in place would delete the adapter run")
-    artifacts.check_output_dir(out_dir, overwrite, resume=False)
+    check_weights(adapter_dir, "adapter run folder")
     recipe = recipe_for_checkpoint(load_recipe(adapter_dir / "recipe.yaml"), adapter_dir)
+    base = Path(adapter_base(adapter_dir))
+    protected = [("the adapter run", adapter_dir), *local_inputs(recipe)]
+    if base.exists():
+        protected.append(("the base model", base))
+        check_weights(base, "base model")
+    folder = RunFolder.for_output(out_dir, overwrite, protected, kind="merge")
     run = setup_for_inference(recipe)
     merged = adapters.merge(load_model(run))
-    staging = out_dir.parent / f".{out_dir.name}.tmp"
-    artifacts.clear_output_dir(staging)
-    merged.save_pretrained(str(staging))
-    run.tokenizer.save_pretrained(str(staging))
-    (staging / "recipe.yaml").write_text((adapter_dir / "recipe.yaml").read_text(encoding="utf-8"), encoding="utf-8")
-    artifacts.clear_output_dir(out_dir)
-    staging.rename(out_dir)
+    folder.create()
+    try:
+        folder.save_pretrained(merged, run.tokenizer)
+        folder.write_text("recipe.yaml", (adapter_dir / "recipe.yaml").read_text(encoding="utf-8"))
+    except BaseException:
+        folder.discard()
+        raise
+    folder.commit()
     return out_dir

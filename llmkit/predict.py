@@ -14,6 +14,8 @@ def read_inputs(run_dir: Path, texts: list[str], file: Path | None) -> list[dict
     if bool(texts) == (file is not None):
         raise LlmkitError("give either --text (one or more) or --file, not both and not neither")
     if file is None:
+        if not all(text.strip() for text in texts):
+            raise LlmkitError("--text is empty: give the text to run the model on")
         return [{"text": text} for text in texts]
     if not file.is_file():
         raise LlmkitError(f"--file {file}: file not found")

@@ -9,13 +9,14 @@ No torch/transformers import at module level: `llmkit --help` must stay fast.
 from __future__ import annotations
 
 import functools
+import os
 import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from llmkit.errors import LlmkitError, did_you_mean
 
@@ -23,6 +24,12 @@ TaskName = Literal["clm", "mlm", "classification", "summarization", "qa"]
 SUBFIELD_MESSAGE = re.compile(r"^field `([\w.]+)`: (.*)$", re.DOTALL)
 FLOAT_PATTERN = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)")
 EXPECT_PATTERN = re.compile(r"^\s*(>=|<=|>|<|==)\s*(-?[0-9.eE+-]+)\s*$")
+
+
+def expand_path(value: Any) -> Any:
+    """`~` and `$VAR` in a path field, expanded once when the recipe is validated: every writer and reader
+    (checkpoints, TensorBoard, the final model, the data loader) then sees the same folder."""
+    return os.path.expandvars(os.path.expanduser(value)) if isinstance(value, str) else value
 
 
 class Section(BaseModel):
@@ -45,6 +52,8 @@ class ModelSection(Section):
         None, description="Attention kernel (eager, sdpa, flash_attention_2); null picks sdpa where supported."
     )
 
+    expand_paths = field_validator("name_or_path", mode="before")(expand_path)
+
     @model_validator(mode="after")
     def _one_source(self) -> ModelSection:
         if (self.name_or_path is None) == (self.from_config is None):
@@ -63,6 +72,8 @@ class TokenizerTrainSection(Section):
 class TokenizerSection(Section):
     name_or_path: str | None = Field(None, description="Tokenizer hub id or folder; defaults to the model's.")
     train: TokenizerTrainSection | None = Field(None, description="Train a new tokenizer on data.train's text.")
+
+    expand_paths = field_validator("name_or_path", mode="before")(expand_path)
 
     @model_validator(mode="after")
     def _not_both(self) -> TokenizerSection:
@@ -105,6 +116,8 @@ class DataSection(Section):
     )
     null_score_diff_threshold: float = Field(0.0, description="SQuAD v2: predict no answer above this margin.")
 
+    expand_paths = field_validator("train", "eval", mode="before")(expand_path)
+
     @field_validator("columns")
     @classmethod
     def _columns_are_names(cls, value: dict[str, str]) -> dict[str, str]:
@@ -128,7 +141,8 @@ class TrainingSection(BaseModel):
     output_dir: str = Field(description="Run folder: model, checkpoints, metrics, logs.")
     num_train_epochs: float = Field(3.0, gt=0)
     max_steps: int = Field(-1, ge=-1)
-    learning_rate: float = Field(5e-5, gt=0)
+    # Above 1e3 no optimizer converges: such a value is a typo (1e30, .inf), not a choice.
+    learning_rate: float = Field(5e-5, gt=0, le=1e3, allow_inf_nan=False)
     per_device_train_batch_size: int = Field(8, ge=1)
     per_device_eval_batch_size: int = Field(8, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
@@ -136,6 +150,15 @@ class TrainingSection(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     seed: int = Field(42, ge=0)
     logging_steps: float = Field(10, gt=0)
+
+    expand_paths = field_validator("output_dir", mode="before")(expand_path)
+
+    @field_validator("output_dir")
+    @classmethod
+    def _names_a_folder(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name a folder (it is empty)")
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -198,6 +221,18 @@ class Recipe(Section):
     peft: PeftSection | None = None
     generation: GenerationSection = Field(default_factory=GenerationSection)
     expect: dict[str, str] = Field(default_factory=dict, description='Metric bars, e.g. {eval_accuracy: ">= 0.8"}.')
+    #: the recipe file and the files it extends (set by `load_recipe`): a run never deletes them
+    _sources: tuple[Path, ...] = PrivateAttr(default=())
+
+    @property
+    def sources(self) -> tuple[Path, ...]:
+        return self._sources
+
+    def __eq__(self, other: object) -> bool:
+        """Two recipes are equal when they describe the same run, wherever they were read from."""
+        return isinstance(other, Recipe) and self.model_dump() == other.model_dump()
+
+    __hash__ = None  # type: ignore[assignment]  # sections hold mappings
 
     @field_validator("expect")
     @classmethod
@@ -278,8 +313,29 @@ def _reporting_problem(value: Any) -> str | None:
 # --------------------------------------------------------------------------- loading
 
 
+class DuplicateKey(yaml.constructor.ConstructorError):
+    """A key given twice in one mapping: YAML keeps the last silently, which hides a user's mistake."""
+
+
 class RecipeLoader(yaml.SafeLoader):
-    """yaml.safe_load, except that only true/false are booleans (YAML 1.2): `eval_strategy: no` stays "no"."""
+    """yaml.safe_load, except that only true/false are booleans (YAML 1.2): `eval_strategy: no` stays "no",
+    and a key given twice in one mapping is an error instead of silently keeping the last value."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        self.flatten_mapping(node)
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key is None:
+                continue
+            if key in first_line:
+                line = key_node.start_mark.line + 1
+                raise DuplicateKey(
+                    problem=f"key `{key}` appears twice (lines {first_line[key]} and {line}); keep one",
+                    problem_mark=key_node.start_mark,
+                )
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
 
 
 RecipeLoader.yaml_implicit_resolvers = {
@@ -304,6 +360,8 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
         content = parse_yaml(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise LlmkitError(f"recipe file {path} is not UTF-8 text") from None
+    except DuplicateKey as err:
+        raise LlmkitError(f"recipe file {path}: {err.problem}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
@@ -324,18 +382,21 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
-def resolve_extends(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a recipe and the chain of recipes it `extends:` (paths relative to the file)."""
+def resolve_extends(path: Path, seen: tuple[Path, ...] = (), chain: list[Path] | None = None) -> dict[str, Any]:
+    """Read a recipe and the chain of recipes it `extends:` (paths relative to the file); `chain` collects
+    the files read."""
     path = path.resolve()
     if path in seen:
         raise LlmkitError(f"recipe `extends:` loops back to {path}")
     content = read_yaml_mapping(path)
+    if chain is not None:
+        chain.append(path)
     parent = content.pop("extends", None)
     if parent is None:
         return content
     if not isinstance(parent, str):
         raise LlmkitError(f"recipe field `extends` in {path} must be a file path")
-    return deep_merge(resolve_extends(path.parent / parent, (*seen, path)), content)
+    return deep_merge(resolve_extends(path.parent / parent, (*seen, path), chain), content)
 
 
 def apply_overrides(content: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -391,7 +452,7 @@ def describe_validation_error(err: ValidationError) -> str:
             parent, key = item["loc"][:-1], str(item["loc"][-1])
             messages.append(f"unknown recipe field `{field}`{did_you_mean(key, _fields_at(parent))}")
             continue
-        message = item["msg"].removeprefix("Value error, ")
+        message = plain_words(item["msg"].removeprefix("Value error, "))
         nested = SUBFIELD_MESSAGE.match(message)
         if nested:  # a section validator that names one of its own fields
             field, message = f"{field}.{nested.group(1)}", nested.group(2)
@@ -405,6 +466,24 @@ def describe_validation_error(err: ValidationError) -> str:
         else:
             messages.append(message)
     return "; ".join(messages)
+
+
+PYDANTIC_WORDS = [
+    (re.compile(r"a valid dictionary( or instance of \w+)?"), "a mapping (key: value lines)"),
+    (re.compile(r"a valid list"), "a list"),
+    (re.compile(r"a valid string"), "text"),
+    (re.compile(r"a valid integer"), "a whole number"),
+    (re.compile(r"a valid number"), "a number"),
+    (re.compile(r"a valid boolean"), "true or false"),
+    (re.compile(r"Input should be"), "expected"),
+]
+
+
+def plain_words(message: str) -> str:
+    """pydantic's wording without its class names ("an instance of DataSection" → "a mapping")."""
+    for pattern, words in PYDANTIC_WORDS:
+        message = pattern.sub(words, message)
+    return message
 
 
 ENV_PATTERN = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
@@ -434,8 +513,11 @@ def expand_env(value: Any, where: str = "") -> Any:
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read, merge, override and validate a recipe. Raises LlmkitError with a one-line message."""
-    content = expand_env(apply_overrides(resolve_extends(Path(path)), overrides or []))
-    return recipe_from_mapping(locate_data_files(content, Path(path).resolve().parent))
+    chain: list[Path] = []
+    content = expand_env(apply_overrides(resolve_extends(Path(path), chain=chain), overrides or []))
+    recipe = recipe_from_mapping(locate_data_files(content, Path(path).resolve().parent))
+    recipe._sources = tuple(chain)
+    return recipe
 
 
 def locate_data_files(content: dict[str, Any], recipe_dir: Path) -> dict[str, Any]:
@@ -446,7 +528,7 @@ def locate_data_files(content: dict[str, Any], recipe_dir: Path) -> dict[str, An
         return content
     located = dict(data)
     for key in ("train", "eval"):
-        value = data.get(key)
+        value = expand_path(data.get(key))
         if isinstance(value, str) and value and not Path(value).is_absolute() and not Path(value).exists():
             beside = recipe_dir / value
             if beside.exists():

@@ -52,28 +52,125 @@ def training_arguments(recipe: Recipe, **overrides: Any) -> TrainingArguments:
         kwargs["bf16"] = False
     if kwargs.get("fp16") and kwargs.get("use_cpu"):
         raise LlmkitError("recipe field `training.fp16`: fp16 needs a GPU; on CPU use `training.bf16: true` or neither")
+    require_optional_packages(kwargs)
     try:
         return Seq2SeqTrainingArguments(**kwargs)
-    except (ValueError, TypeError) as err:
-        message = str(err).strip().splitlines()[0]
-        raise LlmkitError(f"recipe section `training`: {message}") from None
+    except (ValueError, TypeError, ImportError) as err:
+        raise LlmkitError(f"recipe section `training`: {argument_message(err)}") from None
 
 
-def divergence_guard() -> Any:
-    """A callback that stops training at the first non-finite loss and remembers the step."""
-    from transformers import TrainerCallback
+#: `optim:` values that need a package beyond transformers' own dependencies (matched by prefix)
+OPTIMIZER_PACKAGES = {
+    "adamw_bnb": "bitsandbytes",
+    "adamw_8bit": "bitsandbytes",
+    "paged_": "bitsandbytes",
+    "lion_8bit": "bitsandbytes",
+    "rmsprop_bnb": "bitsandbytes",
+    "rmsprop_8bit": "bitsandbytes",
+    "ademamix": "bitsandbytes",
+    "galore": "galore_torch",
+    "apollo": "apollo_torch",
+    "lomo": "lomo_optim",
+    "adalomo": "lomo_optim",
+    "schedule_free": "schedulefree",
+    "grokadamw": "grokadamw",
+    "stable_adamw": "torch_optimi",
+    "adamw_torch_4bit": "torchao",
+    "adamw_torch_8bit": "torchao",
+}
 
-    class StopOnNonFiniteLoss(TrainerCallback):
-        diverged_at: int | None = None
 
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
-            loss = (logs or {}).get("loss")
-            if loss is not None and not math.isfinite(loss):
-                self.diverged_at = state.global_step
-                control.should_training_stop = True
-                control.should_save = False
+def require_optional_packages(arguments: dict[str, Any]) -> None:
+    """A recipe that needs a package that is not installed fails before anything runs, naming the package
+    (`llmkit check` calls this too)."""
+    needed: list[tuple[str, str]] = []
+    if arguments.get("deepspeed"):
+        needed.append(("training.deepspeed", "deepspeed"))
+    optim = str(arguments.get("optim") or "")
+    for prefix, package in OPTIMIZER_PACKAGES.items():
+        if optim.startswith(prefix):
+            needed.append((f"training.optim: {optim}", package))
+            break
+    for field_name, package in needed:
+        if importlib.util.find_spec(package) is None:
+            name = package.replace("_", "-")
+            raise LlmkitError(f"recipe field `{field_name}` needs the `{name}` package: pip install {name}")
 
-    return StopOnNonFiniteLoss()
+
+def argument_message(err: BaseException) -> str:
+    """transformers' message folded onto one line, naming recipe fields (`--save_steps` → `training.save_steps`)."""
+    import re
+
+    lines = (line.strip() for line in str(err).splitlines())
+    text = "; ".join(line.removeprefix("- ") for line in lines if line).replace(" found;", " found:")
+    text = re.sub(r"\b[A-Z]\w+\.([A-Z][A-Z0-9_]*)\b", lambda match: match.group(1).lower(), text)  # enum members
+    return re.sub(r"--([a-z][a-z0-9_]*)", r"`training.\1`", text)
+
+
+class DivergenceGuard:
+    """Stops training at the first step whose loss is not finite, whatever `logging_steps` is.
+
+    A forward hook flags a non-finite training loss on the device (no sync per micro-batch); the callback
+    reads the flag once per optimizer step (reduced across processes, so all stop at the same step) and
+    stops before that step is checkpointed."""
+
+    def __init__(self) -> None:
+        self.diverged_at: int | None = None
+        self._flag: Any = None
+
+    def watch(self, model: Any) -> None:
+        model.register_forward_hook(self._inspect)
+
+    def _inspect(self, module: Any, inputs: Any, output: Any) -> None:
+        import torch
+
+        loss = getattr(output, "loss", None) if not isinstance(output, dict) else output.get("loss")
+        if module.training and isinstance(loss, torch.Tensor):
+            bad = ~torch.isfinite(loss.detach()).all()
+            self._flag = bad if self._flag is None else self._flag | bad
+
+    def diverged(self, args: Any) -> bool:
+        import torch
+
+        flag = self._flag if self._flag is not None else torch.tensor(False, device=args.device)
+        self._flag = None
+        if args.world_size > 1:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                tensor = flag.to(args.device, torch.int32).reshape(1)
+                dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+                flag = tensor[0]
+        return bool(flag.item())
+
+    def callback(self) -> Any:
+        from transformers import TrainerCallback
+
+        owner = self
+
+        class StopOnNonFiniteLoss(TrainerCallback):
+            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                if owner.diverged_at is None and owner.diverged(args):
+                    owner.diverged_at = state.global_step
+                    control.should_training_stop = True
+                    control.should_save = False
+                    control.should_evaluate = False
+
+            def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+                loss = (logs or {}).get("loss")
+                if loss is not None and not math.isfinite(loss) and owner.diverged_at is None:
+                    owner.diverged_at = state.global_step
+                    control.should_training_stop = True
+                    control.should_save = False
+
+        return StopOnNonFiniteLoss()
+
+
+def weights_are_finite(model: Any) -> bool:
+    """No NaN or infinity in any parameter (checked before the final save)."""
+    import torch
+
+    return all(bool(torch.isfinite(parameter).all()) for parameter in model.parameters())
 
 
 def build_trainer(
@@ -85,18 +182,52 @@ def build_trainer(
     prepared: Prepared,
     callbacks: list[Any] | None = None,
 ) -> Trainer:
+    """The task's Trainer, whose loss is what one process over the whole batch would compute.
+
+    With many processes (`average_tokens_across_devices`, on by default) the Trainer divides the loss by the
+    token count of all processes and accumulation steps and multiplies it by the world size, when the
+    model's `forward` takes `**kwargs`; that is right only for a loss that used the count. So: a loss over
+    examples (classification, spans) is left a per-process mean with averaged gradients; a token-mean loss
+    is the model's own where it uses the count (GPT-2), else computed from the logits (`TokenMeanCrossEntropy`:
+    BERT's masked LM, T5, BART). In training, rank 0 says in one line how the run is spread (`launch.strategy`).
+    """
+    from transformers import TrainerCallback
+
+    from llmkit.launch import strategy, strategy_lines
+    from llmkit.models import is_decoder_only
+    from llmkit.tasks.base import TokenMeanCrossEntropy, loss_counts_tokens
+
+    collator = task.collator(recipe, tokenizer, model)
+    own_loss = task.loss_is_token_mean and loss_counts_tokens(model)
+    # Decoder-only labels are shifted inside the model, so only its own loss can count them right; one that
+    # does not use the count keeps a per-process mean (exact when every process has as many target tokens).
+    from_logits = task.loss_is_token_mean and not own_loss and not is_decoder_only(model.config)
+    if hasattr(collator, "on_epoch_begin"):  # a collator that draws per epoch (MLM masks) hears of each epoch
+
+        class EpochToCollator(TrainerCallback):
+            def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                collator.on_epoch_begin(args, state, control)
+
+        callbacks = [*(callbacks or []), EpochToCollator()]
     trainer_class = task.trainer_class(model.config)
-    return trainer_class(
+    trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=prepared.train,
         eval_dataset=prepared.eval,
         processing_class=tokenizer,
-        data_collator=task.collator(recipe, tokenizer),
+        data_collator=collator,
         compute_metrics=task.compute_metrics(recipe),
         preprocess_logits_for_metrics=task.preprocess_logits_for_metrics(),
+        compute_loss_func=TokenMeanCrossEntropy(args.label_smoothing_factor) if from_logits else None,
         callbacks=callbacks,
     )
+    if not own_loss:
+        trainer.model_accepts_loss_kwargs = False
+    if prepared.train is not None and trainer.is_world_process_zero():
+        for line in strategy_lines(strategy(trainer), args):
+            print(line, flush=True)
+    return trainer
 
 
 def latest_checkpoint(output: Path) -> Path | None:
@@ -109,19 +240,64 @@ def latest_checkpoint(output: Path) -> Path | None:
     return max(complete, key=lambda folder: int(folder.name.removeprefix("checkpoint-")), default=None)
 
 
-def resolve_resume(output: Path, resume: str | bool | None) -> str | None:
-    """`--resume latest` (True) → the newest complete checkpoint in the run folder; `--resume PATH` → that folder."""
+def resolve_resume(output: Path, resume: str | bool | None, max_steps: int) -> str | None:
+    """`--resume latest` (True) → the newest complete checkpoint in the run folder; `--resume PATH` → that folder.
+
+    A checkpoint must hold everything that makes the continued run the same run (weights, optimizer,
+    scheduler, random state); a run that already reached its last step is not continued."""
     if not resume:
         return None
     if resume is True:
         found = latest_checkpoint(output)
         if found is None:
             raise LlmkitError(f"--resume: no complete checkpoint in {output} (nothing to continue; drop --resume)")
-        return str(found)
-    path = Path(resume)
-    if not (path / "trainer_state.json").is_file():
-        raise LlmkitError(f"--resume {path}: not a checkpoint folder (no trainer_state.json)")
+        path = found
+    else:
+        path = Path(resume).expanduser()
+        if not (path / "trainer_state.json").is_file():
+            raise LlmkitError(f"--resume {path}: not a checkpoint folder (no trainer_state.json)")
+    check_checkpoint(path)
+    state = read_state(path)
+    planned = max_steps if max_steps > 0 else int(state.get("max_steps") or 0)
+    step = int(state.get("global_step") or 0)
+    if planned and step >= planned:
+        raise LlmkitError(
+            f"--resume: the run in {output} already finished at step {step} (max_steps {planned}); "
+            "raise training.max_steps to train further"
+        )
     return str(path)
+
+
+def read_state(checkpoint: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise LlmkitError(f"--resume {checkpoint}: trainer_state.json is not readable JSON") from None
+    if not isinstance(state, dict):
+        raise LlmkitError(f"--resume {checkpoint}: trainer_state.json is not a Trainer state")
+    return state
+
+
+def check_checkpoint(path: Path) -> None:
+    """Exit 2 naming the file a checkpoint lacks (never a silent fresh optimizer) or the weights cut short."""
+    from llmkit.run_folder import check_weights
+
+    if any(path.glob("global_step*")):
+        return  # a DeepSpeed checkpoint: DeepSpeed checks its own shards
+    sharded = any(path.glob("pytorch_model_fsdp*")) or any(path.glob("optimizer_*"))
+    needed = [] if sharded else ["optimizer.pt"]
+    needed.append("scheduler.pt")
+    weights = [p for p in path.glob("*.safetensors")]
+    if not weights and not sharded:
+        raise LlmkitError(f"--resume {path}: no model weights (*.safetensors) in the checkpoint")
+    for name in needed:
+        if not (path / name).is_file():
+            raise LlmkitError(f"--resume {path}: {name} is missing (the run could not continue exactly)")
+    if not any(path.glob("rng_state*.pth")):
+        raise LlmkitError(f"--resume {path}: rng_state.pth is missing (the run could not continue exactly)")
+    check_weights(path, "--resume")
 
 
 class StopOnSignal:

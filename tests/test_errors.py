@@ -59,6 +59,8 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     jsonl(root / "labels-mixed.jsonl", [{**row, "label": "pos" if i % 2 else 0} for i, row in enumerate(labelled)])
     jsonl(root / "labels-str.jsonl", [{**row, "label": "pos"} for row in labelled[:4]])
     (root / "text-only.csv").write_text("text\nhello there\nbye now\n")
+    jsonl(root / "labels-single.jsonl", [{**row, "label": "pos"} for row in labelled])
+    jsonl(root / "labels-other.jsonl", [{**row, "label": 2 + i % 2} for i, row in enumerate(labelled[:4])])
     context = "Alice met Bob in the park."
     squad = [
         {
@@ -74,7 +76,8 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     (root / "config-only-run").mkdir()  # enough of a run folder for `eval` to reach the data probe
     GPT2Config(n_layer=2, n_head=2, n_embd=64, n_positions=64).to_json_file(root / "config-only-run" / "config.json")
-    (root / "config-only-run" / "model.safetensors").write_bytes(b"")  # never read: the probe stops first
+    # a well-formed safetensors file without tensors: never loaded, the probe stops first
+    (root / "config-only-run" / "model.safetensors").write_bytes((2).to_bytes(8, "little") + b"{}")
     (root / "config-only").mkdir()
     (root / "config-only" / "config.json").write_text((root / "config-only-run" / "config.json").read_text())
     return root
@@ -179,11 +182,41 @@ CASES: list[tuple[str, Build, tuple[str, ...]]] = [
     ("extends-loop", recipe_text("extends: other.yaml\n", {"other.yaml": "extends: recipe.yaml\n"}), ("loops back",)),
     ("extends-missing", recipe_text("extends: base.yaml\ntask: clm\n"), ("recipe file not found", "base.yaml")),
     ("extends-not-a-path", recipe_text("extends: [a, b]\n" + GOOD), ("`extends`", "file path")),
+    (
+        "duplicate-key",
+        recipe_text(GOOD.replace("task: clm\n", "task: clm\ntask: mlm\n")),
+        ("`task`", "twice", "lines 1 and 2"),
+    ),
+    (
+        "duplicate-nested-key",
+        recipe_text(GOOD.replace("  max_steps: 30\n", "  max_steps: 30\n  max_steps: 3\n")),
+        ("`max_steps`", "twice", "lines"),
+    ),
     # --- recipe fields
     ("unknown-key", change(("data.max_lenght", 64)), ("data.max_lenght", "did you mean `max_length`")),
     ("unknown-section", change(("trainnig", {})), ("trainnig", "did you mean `training`")),
     ("missing-section", change(("data", DROP)), ("recipe field `data` is required",)),
-    ("section-not-mapping", change(("data", "train.txt")), ("recipe field `data`",)),
+    ("section-not-mapping", change(("data", "train.txt")), ("recipe field `data`", "a mapping")),
+    ("learning-rate-infinite", change(("training.learning_rate", float("inf"))), ("training.learning_rate", "finite")),
+    ("learning-rate-absurd", change(("training.learning_rate", 1e30)), ("training.learning_rate", "1000")),
+    ("output-dir-empty", change(("training.output_dir", "")), ("training.output_dir", "must name a folder")),
+    (
+        "deepspeed-not-installed",
+        change(("training.deepspeed", {"zero_optimization": {"stage": 2}})),
+        ("deepspeed", "pip install deepspeed"),
+    ),
+    (
+        "deepspeed-not-installed-check",
+        change(("training.deepspeed", {"zero_optimization": {"stage": 2}}), command="check"),
+        ("pip install deepspeed",),
+    ),
+    (
+        "bitsandbytes-not-installed",
+        change(("training.optim", "adamw_bnb_8bit")),
+        ("training.optim", "pip install bitsandbytes"),
+    ),
+    ("wandb-not-installed", change(("training.report_to", "wandb")), ("training.report_to", "pip install wandb")),
+    ("mlflow-not-installed", change(("training.report_to", ["tensorboard", "mlflow"])), ("pip install mlflow",)),
     ("negative-learning-rate", change(("training.learning_rate", -1e-4)), ("training.learning_rate", "greater than 0")),
     ("learning-rate-not-number", change(("training.learning_rate", "fast")), ("training.learning_rate", "'fast'")),
     ("max-length-above-positions", change(("data.max_length", 512)), ("data.max_length", "512", "64 positions")),
@@ -231,7 +264,11 @@ CASES: list[tuple[str, Build, tuple[str, ...]]] = [
         ("from_config.n_layers", "did you mean `n_layer`"),
     ),
     ("model-setting-wrong-type", change(("model.from_config.n_layer", "two")), ("model.from_config", "n_layer")),
-    ("model-settings-inconsistent", change(("model.from_config.n_head", 3)), ("model.from_config", "divisible")),
+    (
+        "model-settings-inconsistent",
+        change(("model.from_config.n_head", 3)),
+        ("model.from_config", "divisible", "`n_embd`", "n_head"),
+    ),
     ("tokenizer-path-missing", change(("tokenizer", {"name_or_path": "{ws}/no-tokenizer"})), ("no-tokenizer",)),
     ("from-config-without-tokenizer", change(("tokenizer", DROP)), ("tokenizer.name_or_path", "tokenizer.train")),
     # --- data files
@@ -298,7 +335,7 @@ CASES: list[tuple[str, Build, tuple[str, ...]]] = [
     (
         "trainer-fields-conflict",
         change(("training.load_best_model_at_end", True), ("training.save_strategy", "epoch")),
-        ("training",),
+        ("`training.load_best_model_at_end`", "Evaluation strategy: steps", "Save strategy: epoch"),
     ),
     # --- the output folder
     ("output-is-a-file", change(("training.output_dir", "{ws}/a-file")), ("training.output_dir", "not a folder")),
@@ -306,6 +343,12 @@ CASES: list[tuple[str, Build, tuple[str, ...]]] = [
     # --- resume, eval, predict, check, recipes
     ("resume-without-checkpoint", change(args=("--resume", "latest")), ("--resume", "no complete checkpoint")),
     ("resume-not-a-checkpoint", change(args=("--resume", "{ws}")), ("--resume", "not a checkpoint folder")),
+    (
+        "resume-and-overwrite",
+        change(args=("--resume", "latest", "--overwrite")),
+        ("--resume", "--overwrite", "pick one"),
+    ),
+    ("predict-empty-text", command("predict", "{ws}", "--text", ""), ("--text is empty",)),
     ("eval-checkpoint-not-a-run", change(args=("--checkpoint", "{ws}"), command="eval"), ("--checkpoint", "not a run")),
     (
         "eval-without-eval-data",
@@ -327,6 +370,22 @@ CASES: list[tuple[str, Build, tuple[str, ...]]] = [
     ("labels-missing", task_case("classification", BERT, "{ws}/text-only.csv"), ("`label`", "columns are: text")),
     ("labels-empty", task_case("classification", BERT, "{ws}/labels-none.jsonl"), ("`label`", "empty", "row")),
     ("labels-mixed-types", task_case("classification", BERT, "{ws}/labels-mixed.jsonl"), ("`label`", "int and str")),
+    (
+        "labels-single-value",
+        task_case("classification", BERT, "{ws}/labels-single.jsonl"),
+        ("`label`", "single label", "'pos'"),
+    ),
+    (
+        "labels-unseen-in-training",
+        task_case(
+            "classification",
+            BERT,
+            "{ws}/labels.jsonl",
+            ("data.validation_split", DROP),
+            ("data.eval", "{ws}/labels-other.jsonl"),
+        ),
+        ("`label`", "eval label(s) 2, 3", "never appear", "train labels: 0, 1"),
+    ),
     (
         "labels-mixed-across-splits",
         task_case(
@@ -393,6 +452,7 @@ def test_overwrite_with_a_bad_recipe_keeps_the_previous_run(ws: Path, tmp_path: 
     """--overwrite empties the folder only once everything has validated."""
     output = tmp_path / "out"
     output.mkdir()
+    (output / ".llmkit").write_text('{"written_by": "llmkit"}\n')  # an earlier llmkit run
     (output / "model.safetensors").write_bytes(b"an earlier run's weights")
     before = snapshot(output)
     content = clm_recipe(ws / "sentences.csv", output)

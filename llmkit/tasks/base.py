@@ -48,6 +48,11 @@ class Task:
     mapping_name: ClassVar[str]
     #: what the model needs to be for this task, in words, for error messages
     needs: ClassVar[str]
+    #: the loss is a mean over target tokens (language modelling, prompt → target), so many processes and
+    #: accumulation steps must divide by the token count of all of them together, as one process over the
+    #: whole batch would. The default, a mean over examples (classification, spans), is right for any new task
+    #: until it says otherwise: each process takes its own batch mean and the gradients are averaged.
+    loss_is_token_mean: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ model
 
@@ -84,7 +89,10 @@ class Task:
     def preprocess(self, recipe: Recipe, raw: DatasetDict, tokenizer: PreTrainedTokenizerBase) -> Prepared:
         raise NotImplementedError
 
-    def collator(self, recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> Callable[[list[dict]], Any]:
+    def collator(
+        self, recipe: Recipe, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None
+    ) -> Callable[[list[dict]], Any]:
+        """Batches for the model (`model`, when given, is the one being trained; `check` passes none)."""
         from transformers import DataCollatorWithPadding
 
         return DataCollatorWithPadding(tokenizer)
@@ -115,6 +123,52 @@ class Task:
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: list[dict[str, Any]], recipe: Recipe
     ) -> list[dict[str, Any]]:
         raise LlmkitError(f"`llmkit predict` does not support task `{self.name}`")
+
+
+class TokenMeanCrossEntropy:
+    """Cross-entropy summed over the labelled tokens, divided by the Trainer's `num_items_in_batch`: the
+    labelled tokens of the whole batch, over every process and accumulation step.
+
+    For models whose own loss is a mean over their local batch and ignores that count (BERT's masked-LM head,
+    T5's and BART's decoders): a mean of per-process means weighs each token by its process's share, and the
+    Trainer, which expects the count to have been used, multiplies it by the number of processes and does not
+    divide it by the accumulation steps. Used as the Trainer's `compute_loss_func`, which
+    takes the labels out of the inputs, so the model returns logits only.
+    """
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        self.label_smoothing = label_smoothing
+
+    def __call__(self, outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+        import torch.nn.functional as F
+
+        logits = (outputs["logits"] if isinstance(outputs, dict) else outputs[0]).float()
+        labels = labels.to(logits.device)
+        total = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)),
+            labels.reshape(-1),
+            ignore_index=-100,
+            reduction="sum",
+            label_smoothing=self.label_smoothing,
+        )
+        if num_items_in_batch is None:
+            return total / labels.ne(-100).sum().clamp(min=1)
+        if hasattr(num_items_in_batch, "to"):
+            num_items_in_batch = num_items_in_batch.to(total.device)
+        return total / num_items_in_batch
+
+
+def loss_counts_tokens(model: Any) -> bool:
+    """Whether a model's own loss divides by the Trainer's `num_items_in_batch`: transformers' losses that do
+    go through `self.loss_function` (GPT-2, Llama); those written as `CrossEntropyLoss()` take a local mean."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        source = inspect.getsource(type(base).forward)
+    except (OSError, TypeError):
+        return False
+    return "self.loss_function(" in source
 
 
 def with_perplexity(metrics: dict[str, float]) -> dict[str, float]:

@@ -56,6 +56,8 @@ class Classification(Task):
         kind = label_kind(raw, column)
         if kind == "float":
             return {"id2label": {0: "score"}, "label2id": {"score": 0}, "problem_type": "regression"}
+        if "train" in raw:
+            check_label_sets(raw, column)
         values = {value for dataset in raw.values() for value in dataset["label"]}
         if kind == "str":
             names = self._string_labels(values, column, retrain="train" in raw)
@@ -182,6 +184,24 @@ def label_kind(raw: DatasetDict, column: str) -> str:
             "use one kind: integers, strings, or floats for regression"
         )
     return kinds.pop()
+
+
+def check_label_sets(raw: DatasetDict, column: str) -> None:
+    """A model cannot learn from one label, nor be judged on labels it never saw: both are data errors."""
+    trained = set(raw["train"]["label"])
+    shown = ", ".join(map(repr, sorted(trained)[:10]))
+    if len(trained) < 2:
+        raise LlmkitError(
+            f"data column `{column}`: the train data has a single label ({shown}); classification needs at least "
+            "two (a column of floats selects regression)"
+        )
+    if "eval" in raw:
+        unseen = sorted(set(raw["eval"]["label"]) - trained)
+        if unseen:
+            raise LlmkitError(
+                f"data column `{column}`: eval label(s) {', '.join(map(repr, unseen[:10]))} never appear in the "
+                f"train data (train labels: {shown})"
+            )
 
 
 def top_class(logits: Any, labels: Any) -> Any:

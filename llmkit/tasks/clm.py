@@ -46,6 +46,7 @@ class CausalLM(Task):
     auto_class_name = "AutoModelForCausalLM"
     mapping_name = "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"
     needs = "a causal language model (GPT-2, Llama, ...)"
+    loss_is_token_mean = True
 
     def preprocess(self, recipe: Recipe, raw: DatasetDict, tokenizer: PreTrainedTokenizerBase) -> Prepared:
         features = {
@@ -54,7 +55,9 @@ class CausalLM(Task):
         }
         return Prepared(features.get("train"), features.get("eval"))
 
-    def collator(self, recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> Callable[[list[dict]], Any]:
+    def collator(
+        self, recipe: Recipe, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None
+    ) -> Callable[[list[dict]], Any]:
         return PadAndLabelCollator(tokenizer)
 
     def predict(

@@ -15,16 +15,55 @@ if TYPE_CHECKING:
     from llmkit.recipe import Recipe
 
 
-class MaskedOrPremasked:
-    """Masks training batches afresh; eval batches were masked once at preprocessing (they carry labels),
-    so eval perplexity does not depend on the mask draw of the moment."""
+class ExampleMasking:
+    """Masks each training example with its own draw, seeded by (seed, epoch, the example's tokens); eval
+    batches were masked once at preprocessing (they carry labels), so eval perplexity does not depend on
+    the mask draw of the moment.
 
-    def __init__(self, masker: Callable, premasked: Callable) -> None:
+    One seeded generator per process would give every process the same mask positions, and a run's masks
+    would depend on how many processes share its batches. Drawn per example, the masks are the same for 1 or
+    N processes and any batch size, and new each epoch (dynamic masking). The Trainer tells it the epoch
+    (`on_epoch_begin`); persistent dataloader workers keep the copy they started with.
+    """
+
+    def __init__(self, masker: Any, seed: int, pad: Callable) -> None:
         self.masker = masker
-        self.premasked = premasked
+        self.seed = seed
+        self.pad = pad
+        self.epoch = 0
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        return (self.premasked if "labels" in features[0] else self.masker)(features)
+        import torch
+
+        if "labels" in features[0]:
+            return self.pad(features)
+        rows = []
+        for feature in features:
+            ids = torch.tensor([feature["input_ids"]], dtype=torch.long)
+            special = feature.get("special_tokens_mask")
+            offsets = feature.get("offset_mapping")
+            self.masker.generator = torch.Generator().manual_seed(self.draw(feature["input_ids"]))
+            inputs, labels = self.masker.torch_mask_tokens(
+                ids,
+                special_tokens_mask=None if special is None else torch.tensor([special]),
+                offset_mapping=None if offsets is None else torch.tensor([offsets]),
+            )
+            rows.append({"input_ids": inputs[0].tolist(), "labels": labels[0].tolist()})
+        return self.pad(rows)
+
+    def draw(self, ids: list[int]) -> int:
+        """The generator seed of one example in this epoch (63 bits of a hash of seed, epoch and tokens)."""
+        import hashlib
+
+        import numpy as np
+
+        digest = hashlib.blake2b(np.asarray(ids, dtype=np.int64).tobytes(), digest_size=8)
+        digest.update(f"{self.seed}:{self.epoch}".encode())
+        return int.from_bytes(digest.digest(), "little") >> 1
+
+    # TrainerCallback protocol (duck-typed: transformers is imported lazily)
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.epoch = int(state.epoch or 0)
 
 
 class MaskedLM(Task):
@@ -33,6 +72,7 @@ class MaskedLM(Task):
     auto_class_name = "AutoModelForMaskedLM"
     mapping_name = "MODEL_FOR_MASKED_LM_MAPPING_NAMES"
     needs = "a masked language model (BERT, RoBERTa, ...)"
+    loss_is_token_mean = True
 
     def _masker(self, recipe: Recipe, tokenizer: PreTrainedTokenizerBase, seed: int | None) -> Any:
         from transformers import DataCollatorForLanguageModeling
@@ -70,13 +110,13 @@ class MaskedLM(Task):
 
         return dataset.map(mask, batched=True, remove_columns=dataset.column_names, desc="Masking eval")
 
-    def collator(self, recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> Callable[[list[dict]], Any]:
+    def collator(
+        self, recipe: Recipe, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None
+    ) -> Callable[[list[dict]], Any]:
         from transformers import DataCollatorForTokenClassification
 
-        return MaskedOrPremasked(
-            self._masker(recipe, tokenizer, seed=recipe.training.seed),
-            DataCollatorForTokenClassification(tokenizer),
-        )
+        masker = self._masker(recipe, tokenizer, seed=None)
+        return ExampleMasking(masker, recipe.training.seed, DataCollatorForTokenClassification(tokenizer))
 
     def predict(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: list[dict[str, Any]], recipe: Recipe

@@ -124,6 +124,8 @@ class PromptToTarget(Task):
     text_role: ClassVar[str]
     #: the role that holds the text to learn (not needed for predict)
     target_role: ClassVar[str]
+    #: only the target tokens carry loss, and their number differs from row to row
+    loss_is_token_mean = True
 
     def __init__(self, encoder_decoder: bool = False, task_prefix: str = "") -> None:
         self.encoder_decoder = encoder_decoder
@@ -216,31 +218,43 @@ class PromptToTarget(Task):
         for role in self.roles:
             require_nonempty_text(dataset, role, split)
 
-    def collator(self, recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> Callable[[list[dict]], Any]:
-        """Pads per batch; padded label positions are -100, so only real target tokens carry loss."""
+    def collator(
+        self, recipe: Recipe, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None
+    ) -> Callable[[list[dict]], Any]:
+        """Pads per batch; padded label positions are -100, so only real target tokens carry loss. For an
+        encoder-decoder being trained, the batch also holds the decoder inputs (the labels shifted right, as
+        the model makes them): the loss is then computed from the logits without handing the model labels."""
         from transformers import DataCollatorForSeq2Seq
 
-        return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, return_tensors="pt")
+        decoder_inputs = model if self.encoder_decoder else None
+        return DataCollatorForSeq2Seq(tokenizer, model=decoder_inputs, label_pad_token_id=-100, return_tensors="pt")
 
     # ------------------------------------------------------------------ evaluation and inference
 
     def generate(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch: dict[str, list], recipe: Recipe
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        batch: dict[str, list],
+        recipe: Recipe,
+        across_processes: bool = False,
     ) -> list[str]:
         """Write a target for each row, in batches (only generated ids are kept, never logits)."""
         from llmkit.tasks.generation import generate
 
         bodies, tails = self.prompt_parts(batch)
-        return generate(model, tokenizer, self.encoder(recipe, tokenizer).prompts(bodies, tails), recipe.generation)
+        prompts = self.encoder(recipe, tokenizer).prompts(bodies, tails)
+        return generate(model, tokenizer, prompts, recipe.generation, across_processes=across_processes)
 
     def evaluate(
         self, trainer: Trainer, prepared: Prepared, recipe: Recipe, tokenizer: PreTrainedTokenizerBase
     ) -> Evaluation:
-        """Loss on the targets (the Trainer's loop, no logits kept), then generated texts scored."""
+        """Loss on the targets (the Trainer's loop, no logits kept), then generated texts scored; in a
+        multi-process run each process writes its share of the texts and every process scores all of them."""
         metrics = trainer.evaluate(prepared.eval)
         examples = prepared.eval_examples
         assert examples is not None
-        predictions = self.generate(trainer.model, tokenizer, examples.to_dict(), recipe)
+        predictions = self.generate(trainer.model, tokenizer, examples.to_dict(), recipe, across_processes=True)
         metrics.update({f"eval_{name}": value for name, value in self.score(predictions, examples, recipe).items()})
         return Evaluation(metrics, self.records(predictions, examples))
 

@@ -273,7 +273,9 @@ class ExtractiveQA(Task):
             desc="Windowing eval",
         )
 
-    def collator(self, recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> Callable[[list[dict]], Any]:
+    def collator(
+        self, recipe: Recipe, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None
+    ) -> Callable[[list[dict]], Any]:
         return ModelInputsCollator(tokenizer)
 
     # ------------------------------------------------------------------ evaluation and inference
@@ -288,7 +290,7 @@ class ExtractiveQA(Task):
         examples = prepared.eval_examples
         version_2 = is_version_2(recipe, gold_answers(examples))
         answers, scores = best_spans(
-            list(examples["context"]), prepared.eval, start_logits, end_logits, recipe, version_2
+            list(examples["context"]), prepared.eval, start_logits, end_logits, recipe, version_2, across_processes=True
         )
         metrics = {f"eval_{k}": v for k, v in squad_scores(answers, examples, recipe).items()}
         metrics.update({k: v for k, v in output.metrics.items() if k.endswith(("_runtime", "_samples_per_second"))})
@@ -379,44 +381,63 @@ def best_spans(
     end_logits: Any,
     recipe: Recipe,
     version_2: bool,
+    across_processes: bool = False,
 ) -> tuple[list[str], list[float]]:
     """The highest-scoring valid span of each question over all its windows (n-best start × end search).
 
     With `version_2`, a question gets the empty answer when the null score (both pointers on [CLS]) of
     its best window exceeds the best span's score by more than `null_score_diff_threshold`.
+    `across_processes`: every process of a run calls it with all windows' logits; each searches a share
+    of the questions and all get every answer back, in order.
     """
-    import numpy as np
+    from llmkit.tasks.shards import spread
 
-    data = recipe.data
     by_example: dict[int, list[int]] = defaultdict(list)
     for feature, example in enumerate(features["example_index"]):
         by_example[example].append(feature)
     offset_maps = list(features["offset_mapping"])
-    answers, scores = [], []
-    for example, context in enumerate(contexts):
-        best: tuple[float, int, int] | None = None
-        null_score = None
-        for feature in by_example[example]:
-            starts, ends, offsets = start_logits[feature], end_logits[feature], offset_maps[feature]
-            feature_null = float(starts[0] + ends[0])
-            null_score = feature_null if null_score is None else min(null_score, feature_null)
-            top_starts = np.argsort(starts)[::-1][: data.n_best_size]
-            top_ends = np.argsort(ends)[::-1][: data.n_best_size]
-            for s in top_starts:
-                if s >= len(offsets) or offsets[s] is None:
+
+    def search(examples: range) -> list[tuple[str, float]]:
+        return [
+            best_span(contexts[e], by_example[e], offset_maps, start_logits, end_logits, recipe, version_2)
+            for e in examples
+        ]
+
+    chunks = [range(first, min(first + 256, len(contexts))) for first in range(0, len(contexts), 256)]
+    found = [pair for part in (spread(chunks, search) if across_processes else map(search, chunks)) for pair in part]
+    return [answer for answer, _ in found], [score for _, score in found]
+
+
+def best_span(
+    context: str,
+    features: list[int],
+    offset_maps: list[Any],
+    start_logits: Any,
+    end_logits: Any,
+    recipe: Recipe,
+    version_2: bool,
+) -> tuple[str, float]:
+    """One question's answer and score from its windows (`features`: their rows in the logits)."""
+    import numpy as np
+
+    data = recipe.data
+    best: tuple[float, int, int] | None = None
+    null_score = None
+    for feature in features:
+        starts, ends, offsets = start_logits[feature], end_logits[feature], offset_maps[feature]
+        feature_null = float(starts[0] + ends[0])
+        null_score = feature_null if null_score is None else min(null_score, feature_null)
+        top_starts = np.argsort(starts)[::-1][: data.n_best_size]
+        top_ends = np.argsort(ends)[::-1][: data.n_best_size]
+        for s in top_starts:
+            if s >= len(offsets) or offsets[s] is None:
+                continue
+            for e in top_ends:
+                if e >= len(offsets) or offsets[e] is None or e < s or e - s + 1 > data.max_answer_length:
                     continue
-                for e in top_ends:
-                    if e >= len(offsets) or offsets[e] is None or e < s or e - s + 1 > data.max_answer_length:
-                        continue
-                    score = float(starts[s] + ends[e])
-                    if best is None or score > best[0]:
-                        best = (score, offsets[s][0], offsets[e][1])
-        if best is None or (
-            version_2 and null_score is not None and null_score - best[0] > data.null_score_diff_threshold
-        ):
-            answers.append("")
-            scores.append(null_score if null_score is not None else 0.0)
-        else:
-            answers.append(context[best[1] : best[2]])
-            scores.append(best[0])
-    return answers, scores
+                score = float(starts[s] + ends[e])
+                if best is None or score > best[0]:
+                    best = (score, offsets[s][0], offsets[e][1])
+    if best is None or (version_2 and null_score is not None and null_score - best[0] > data.null_score_diff_threshold):
+        return "", null_score if null_score is not None else 0.0
+    return context[best[1] : best[2]], best[0]
