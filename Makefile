@@ -10,31 +10,39 @@ export LLMKIT_DATA_DIR ?= $(abspath ../shared/data)
 
 .PHONY: install test test-slow lint quickstart bench bench-full clean
 
-install:
+# The environment, made on first use: `make test` and `make quickstart` on a fresh clone install it first.
+INSTALLED := $(VENV)/.installed
+
+$(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_PIN)
 	$(BIN)/pip install --quiet -e ".[dev,slow]"
+	touch $(INSTALLED)
 
-test:
+install:
+	rm -f $(INSTALLED)
+	$(MAKE) $(INSTALLED)
+
+test: $(INSTALLED)
 	$(BIN)/python -m pytest -q -x tests
 
-test-slow:
+test-slow: $(INSTALLED)
 	$(BIN)/python -m pytest -q -m slow tests
 
-lint:
+lint: $(INSTALLED)
 	$(BIN)/ruff check llmkit tests benchmarks
 	$(BIN)/ruff format --check llmkit tests benchmarks
 
-quickstart:
+quickstart: $(INSTALLED)
 	$(BIN)/llmkit pretrain recipes/quickstart.yaml --overwrite
 	$(BIN)/llmkit eval recipes/quickstart.yaml --check
 	$(BIN)/llmkit predict runs/quickstart --text "The import statement"
 
-bench:
+bench: $(INSTALLED)
 	$(BIN)/python benchmarks/run.py --quick
 
-bench-full:
+bench-full: $(INSTALLED)
 	$(BIN)/python benchmarks/run.py
 
 clean:

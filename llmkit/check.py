@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 #: rows per split whose raw text is tokenized for the length statistics (enough for a stable p95)
 LENGTH_SAMPLE = 20_000
+LORA_LOW_LEARNING_RATE = 1e-4
 LEARNED_OPEN, LEARNED_CLOSE = "[[", "]]"
 
 
@@ -169,21 +170,28 @@ def _marked(ids: list[int], shown: list[int], marks: list[bool], tokenizer: PreT
 
 def report(recipe: Recipe) -> None:
     """Validate, probe and preprocess like a run would, and print what training would see; no model is loaded."""
-    from rich.console import Console
     from rich.table import Table
 
+    from llmkit.console import rich_console
     from llmkit.pipeline import setup
     from llmkit.trainer import training_arguments
 
-    console = Console()
+    console = rich_console()
     args = training_arguments(recipe)
     run = setup(recipe)
+    recipe = run.recipe
     prepared = run.task.preprocess(recipe, run.raw, run.tokenizer)
     limit = recipe.data.max_length
     model = recipe.model.name_or_path or f"{recipe.model.from_config.get('model_type')} built from config"
     console.print(f"recipe ok: task `{recipe.task}`, model {model}, tokenizer vocab {len(run.tokenizer)}", markup=False)
-    if getattr(run.config, "problem_type", None) == "regression":
-        console.print("labels are numbers with decimals: regression (one output, mean squared error)", markup=False)
+    for note in recipe.defaults_applied:
+        console.print(f"note: using {note}", markup=False)
+    if recipe.peft is not None and recipe.training.learning_rate < LORA_LOW_LEARNING_RATE:
+        console.print(
+            f"warning: training.learning_rate {recipe.training.learning_rate:g} is low for LoRA, which usually "
+            f"needs 1e-4 to 5e-3 (its new weights start from zero)",
+            markup=False,
+        )
 
     sampled = any(len(dataset) > LENGTH_SAMPLE for dataset in run.raw.values())
     table = Table(title="tokens per row, before truncation" + (f" (first {LENGTH_SAMPLE} rows)" if sampled else ""))
@@ -195,7 +203,8 @@ def report(recipe: Recipe) -> None:
     if prepared.train is not None and is_packed(prepared.train):
         console.print(f"packing: long rows continue into the next block of {limit} tokens; no text is cut off")
     else:
-        console.print(f"rows longer than {limit} tokens are cut to fit (extractive QA: split into overlapping windows)")
+        for note in run.task.check_notes(recipe, run.raw):
+            console.print(note, markup=False, highlight=False)
 
     table = Table(title="features (model inputs)")
     for column in ("split", "raw rows", "features", "min", "p50", "p95", "max tokens"):

@@ -27,6 +27,29 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
+
+def show_version(value: bool) -> None:
+    if value:
+        from llmkit import __version__
+
+        typer.echo(f"llmkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show the libraries' own output (warnings, load reports, bars).")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=show_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Pretrain and fine-tune GPT-2/BERT-family models from a recipe YAML."""
+    if verbose:
+        os.environ["LLMKIT_VERBOSE"] = "1"  # inherited by processes that --num-processes starts
+
+
 RecipeArg = Annotated[
     str, typer.Argument(help="Recipe YAML file, or the name of a shipped recipe (see `llmkit recipes`).")
 ]
@@ -126,16 +149,17 @@ def load(recipe: str, overrides: list[str] | None) -> Any:
 
 
 def print_metrics(metrics: dict[str, Any], title: str) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from llmkit.console import rich_console
 
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
-        if key != "epoch" and not key.endswith("_preparation_time"):  # bookkeeping, not results
+        if key != "epoch" and not key.endswith(("_preparation_time", "_runtime", "_per_second")):  # bookkeeping
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    Console().print(table)
+    rich_console().print(table)
 
 
 def run_training(
@@ -328,46 +352,58 @@ def recipes(
             raise LlmkitError(f"no shipped recipe `{name}` (see `llmkit recipes`)")
         typer.echo(path.read_text(encoding="utf-8"), nl=False)
         return
-    from rich.console import Console
-    from rich.table import Table
-
     from llmkit.recipe import resolve_extends
 
-    table = Table(title=f"recipes in {root}")
-    for column in ("name", "task", "model", "data"):
-        table.add_column(column)
+    # Plain lines, not a table: names and descriptions stay whole on an 80-column terminal and in a pipe.
+    typer.echo(f"recipes in {root} (run one with `llmkit finetune NAME` or `llmkit pretrain NAME`):")
     for path in sorted(root.rglob("*.yaml")):
         content = resolve_extends(path)
         model = content.get("model", {}) or {}
-        table.add_row(
-            str(path.relative_to(root).with_suffix("")),
-            str(content.get("task", "(extends)")),
-            str(model.get("name_or_path") or (model.get("from_config") or {}).get("model_type", "")),
-            str((content.get("data", {}) or {}).get("train", "")),
-        )
-    Console().print(table)
+        source = model.get("name_or_path") or f"{(model.get('from_config') or {}).get('model_type', '?')} from config"
+        typer.echo(f"\n{path.relative_to(root).with_suffix('')}  [{content.get('task', '?')}, {source}]")
+        typer.echo(f"    {description(path)}")
 
 
-@app.command()
+PREDICT_HELP = """Run a trained model on new inputs: label, summary, answer, continuation or mask fills.
+
+Each input is a row of the task's fields ({fields}); a file in the training data's own column names works
+as is, and every other field of a row is kept in its result. Results are JSON lines.
+
+Example: llmkit predict runs/bert-sst2 --file reviews.csv --output predictions.jsonl
+"""
+
+
+def predict_help() -> str:
+    from llmkit.predict import fields_help
+
+    return PREDICT_HELP.format(fields=fields_help())
+
+
+@app.command(help=predict_help())
 @reports_errors
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by pretrain/finetune.")],
     text: Annotated[list[str] | None, typer.Option("--text", help="Input text (repeatable).")] = None,
     file: Annotated[
-        Path | None, typer.Option("--file", help="A .jsonl file of inputs (one object per line) or .txt.")
+        Path | None,
+        typer.Option("--file", help="Inputs: .csv/.tsv (with a header), .jsonl, .json, .txt (one per line), or -."),
     ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", help="Write the results here (JSON lines) instead of stdout.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --output file.")] = False,
 ) -> None:
-    """Run a trained model on new inputs: label, summary, answer, continuation or mask fills.
+    from llmkit.predict import predict_rows, read_inputs, write
 
-    Example: llmkit predict runs/bert-sst2 --text "a gripping, funny film"
-    """
-    import json
-
-    from llmkit.predict import predict_rows, read_inputs
-
+    if output is not None and output.exists() and not overwrite:
+        raise LlmkitError(f"--output {output} exists: pass --overwrite to replace it, or choose another file")
+    if output is not None and output.is_dir():
+        raise LlmkitError(f"--output {output} is a folder; give a file name")
     rows = read_inputs(run_dir, text or [], file)
-    for record in predict_rows(run_dir, rows):
-        typer.echo(json.dumps(record, ensure_ascii=False))
+    records = predict_rows(run_dir, rows)
+    write(records, output)
+    if output is not None:
+        typer.echo(f"{len(records)} result(s) written to {output}", err=True)
 
 
 @app.command()
@@ -385,6 +421,21 @@ def merge(
 
     merge_adapter(adapter_dir, out_dir, overwrite)
     typer.echo(f"merged model written to {out_dir}")
+
+
+def description(path: Path) -> str:
+    """A recipe's first sentence from its leading comment."""
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#") or not line.strip("# "):
+            break
+        lines.append(line.lstrip("# ").strip())
+        if line.endswith(":"):  # what follows is an example, not the description
+            lines[-1] = lines[-1].removesuffix(":") + "."
+            break
+    text = " ".join(lines)
+    end = text.find(". ")
+    return text[: end + 1] if end >= 0 else text
 
 
 def main() -> None:

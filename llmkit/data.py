@@ -43,7 +43,7 @@ def is_local(source: str) -> bool:
 def _data_files(path: Path, field: str) -> list[Path]:
     """The files of a local source: the file itself or the supported files of a folder."""
     if not path.exists():
-        raise LlmkitError(f"recipe field `data.{field}`: file not found: {path}")
+        raise LlmkitError(f"recipe field `data.{field}`: file not found: {path}{where_looked(path)}")
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in BUILDERS)
         if not files:
@@ -64,6 +64,18 @@ def _data_files(path: Path, field: str) -> list[Path]:
     except OSError as err:
         raise LlmkitError(f"recipe field `data.{field}`: cannot read {path}: {err.strerror or err}") from None
     return [path]
+
+
+def where_looked(path: Path) -> str:
+    """Where a relative data path was looked for, and the variable that moves the shipped recipes' data."""
+    import os
+
+    hint = ""
+    if not path.is_absolute():
+        hint = f" (looked in the working folder {Path.cwd()} and beside the recipe)"
+    if "shared/data" in path.as_posix() and "LLMKIT_DATA_DIR" not in os.environ:
+        hint += "; set LLMKIT_DATA_DIR to the folder that holds the shared data"
+    return hint
 
 
 def _json_layout(path: Path) -> tuple[str | None, bool]:
@@ -175,9 +187,14 @@ def no_datasets_logs() -> Iterator[None]:
 def load_hub(section: DataSection, split: str, field: str) -> Dataset:
     from datasets import load_dataset
 
+    from llmkit import hub
+
+    hub.prepare(section.train)
     try:
         return load_dataset(section.train, section.config_name, split=split)
     except Exception as err:
+        if hub.offline():
+            raise LlmkitError(f"recipe field `data.{field}`: {hub.advice(section.train, 'data.train')}") from None
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise LlmkitError(
             f"recipe field `data.{field}`: cannot load `{section.train}` split `{split}`: {first}"

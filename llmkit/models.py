@@ -6,6 +6,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llmkit import hub
 from llmkit.errors import LlmkitError, did_you_mean
 
 if TYPE_CHECKING:
@@ -29,8 +30,13 @@ WORDPIECE_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 def _hub_error(what: str, name: str, err: Exception) -> LlmkitError:
     """Turn a from_pretrained failure into one line the user can act on."""
+    from llmkit import hub
+
     if not Path(name).exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
         return LlmkitError(f"cannot load {what} `{name}`: no such folder")
+    if hub.is_hub_id(name) and hub.offline():
+        field = "tokenizer.name_or_path" if what == "tokenizer" else "model.name_or_path"
+        return LlmkitError(f"cannot load {what}: {hub.advice(name, field)}")
     where = "local folder" if Path(name).exists() else "hub id (offline or not found?)"
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return LlmkitError(f"cannot load {what} `{name}` as a {where}: {first[:300]}")
@@ -49,6 +55,7 @@ def load_config(section: ModelSection, overrides: dict[str, Any] | None = None) 
         raise LlmkitError(f"recipe field `model.name_or_path`: {name} has no *.safetensors weights (the format loaded)")
     # An adapter folder keeps its tuned config (label maps, pad id) beside the adapter; else use the base's.
     has_own_config = (Path(name) / "config.json").is_file()
+    hub.prepare(name)
     base = adapter_base(Path(name)) if _is_adapter(Path(name)) and not has_own_config else name
     try:
         return AutoConfig.from_pretrained(
@@ -148,6 +155,7 @@ def load_tokenizer(section: TokenizerSection, model: ModelSection) -> PreTrained
         field = "tokenizer.name_or_path" if section.name_or_path else "model.name_or_path"
         known = ", ".join(TOKENIZER_FILES[:4])
         raise LlmkitError(f"recipe field `{field}`: {name} has no tokenizer files ({known}, ...)")
+    hub.prepare(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             name, revision=model.revision, trust_remote_code=model.trust_remote_code
@@ -183,6 +191,7 @@ def train_tokenizer(spec: TokenizerTrainSection, texts: Iterable[str]) -> PreTra
             min_frequency=spec.min_frequency,
             special_tokens=[BPE_SPECIAL],
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
         )
         tok.train_from_iterator(_batches(texts), trainer)
         wrapped = PreTrainedTokenizerFast(
@@ -243,7 +252,10 @@ def _train_wordpiece(spec: TokenizerTrainSection, texts: Iterable[str]) -> Token
     pieces = sorted(token for token in probe.get_vocab() if len(token) == 3 and token.startswith("##"))
     trained = _wordpiece_tokenizer()
     trainer = trainers.WordPieceTrainer(
-        vocab_size=spec.vocab_size, min_frequency=spec.min_frequency, special_tokens=WORDPIECE_SPECIALS + pieces
+        vocab_size=spec.vocab_size,
+        min_frequency=spec.min_frequency,
+        special_tokens=WORDPIECE_SPECIALS + pieces,
+        show_progress=False,
     )
     trained.train_from_iterator(batches, trainer)
     tok = _wordpiece_tokenizer(trained.get_vocab(with_added_tokens=False))
@@ -294,9 +306,12 @@ def build_model(
         if section.attn_implementation is not None:
             options["attn_implementation"] = section.attn_implementation
         try:
-            model = auto_class.from_pretrained(section.name_or_path, config=config, **options)
+            model, loading = auto_class.from_pretrained(
+                section.name_or_path, config=config, output_loading_info=True, **options
+            )
         except (OSError, ValueError) as err:
             raise _hub_error("model weights", str(section.name_or_path), err) from None
+        report_loading(loading)
     embeddings = model.get_input_embeddings()
     if embeddings is not None and len(tokenizer) > embeddings.weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
@@ -306,6 +321,27 @@ def build_model(
             model.generation_config.pad_token_id = tokenizer.pad_token_id
     name_causal_loss(model)
     return model
+
+
+def report_loading(loading: dict[str, Any]) -> None:
+    """One line, only when weights were really missing or left unused (transformers' table is silenced)."""
+    from llmkit.console import say
+
+    missing = sorted(loading.get("missing_keys") or [])
+    unused = sorted(loading.get("unexpected_keys") or [])
+    mismatched = sorted(
+        str(item[0]) if isinstance(item, tuple) else str(item) for item in loading.get("mismatched_keys") or []
+    )
+    if missing:
+        say(f"new weights (not in the checkpoint): {_listed(missing)} — expected for a new task head")
+    if unused:
+        say(f"checkpoint weights not used: {_listed(unused)} — expected when the checkpoint had another head")
+    if mismatched:
+        say(f"checkpoint weights of another shape, drawn anew: {_listed(mismatched)}")
+
+
+def _listed(names: list[str], most: int = 6) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def name_causal_loss(model: PreTrainedModel) -> None:

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from llmkit.tasks.base import Evaluation, Prepared, Task
 
 
+DEFAULT_MAX_LENGTH = 512
+
+
 @dataclass
 class Setup:
     """What a run needs before its model exists: validated data, tokenizer and config."""
@@ -34,22 +37,28 @@ class Setup:
     tokenizer: PreTrainedTokenizerBase
 
 
-def model_side(recipe: Recipe) -> tuple[Task, PretrainedConfig]:
-    """The task and the model's config, checked against each other (no weights loaded)."""
+def model_side(recipe: Recipe) -> tuple[Task, PretrainedConfig, Recipe]:
+    """The task and the model's config, checked against each other (no weights loaded), and the recipe with
+    `data.max_length` resolved: unset, it is the model's own limit (at most 512); set, it must fit the model."""
+    from llmkit.console import quiet_libraries
     from llmkit.models import check_buildable, load_config, max_positions
     from llmkit.tasks import TASKS
 
+    quiet_libraries()
     config = load_config(recipe.model)
+    positions = max_positions(config)
+    if recipe.data.max_length is None:
+        default = min(positions or DEFAULT_MAX_LENGTH, DEFAULT_MAX_LENGTH)
+        recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"max_length": default})})
+    elif positions is not None and recipe.data.max_length > positions:
+        raise LlmkitError(
+            f"recipe field `data.max_length`: {recipe.data.max_length} is more than the model's {positions} positions"
+        )
     task = TASKS[recipe.task].specialize(config, recipe)
     task.check_architecture(config, recipe)
     if recipe.model.from_config is not None:
         check_buildable(task.auto_class(config), config)
-    positions = max_positions(config)
-    if positions is not None and recipe.data.max_length > positions:
-        raise LlmkitError(
-            f"recipe field `data.max_length`: {recipe.data.max_length} is more than the model's {positions} positions"
-        )
-    return task, config
+    return task, config, recipe
 
 
 def setup(recipe: Recipe, need_train: bool = True) -> Setup:
@@ -57,7 +66,7 @@ def setup(recipe: Recipe, need_train: bool = True) -> Setup:
     from llmkit.data import load_raw, map_columns, require_text
     from llmkit.models import load_tokenizer, train_tokenizer
 
-    task, config = model_side(recipe)
+    task, config, recipe = model_side(recipe)
     raw = map_columns(load_raw(recipe.data, need_train), recipe.data.columns, task.roles, task.optional_roles)
     require_text(raw, task.text_roles(), recipe.data.columns)
     if not need_train and "eval" not in raw:
@@ -78,7 +87,7 @@ def setup_for_inference(recipe: Recipe) -> Setup:
 
     from llmkit.models import load_tokenizer
 
-    task, config = model_side(recipe)
+    task, config, recipe = model_side(recipe)
     return Setup(recipe, task, DatasetDict(), config, load_tokenizer(recipe.tokenizer, recipe.model))
 
 
@@ -123,6 +132,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: str | bool | None = N
 
     The run is checked (folder, checkpoint, data, model config) before anything is written; a run that
     replaces an earlier one is written beside it and swapped in only once it has succeeded."""
+    from llmkit.console import say, use_step_lines
     from llmkit.errors import Interrupted, TrainingDiverged
     from llmkit.run_folder import RunFolder, local_inputs
     from llmkit.trainer import (
@@ -139,6 +149,9 @@ def train(recipe: Recipe, overwrite: bool = False, resume: str | bool | None = N
     started = time.time()
     args = training_arguments(recipe, output_dir=str(folder.work))
     run = setup(recipe)
+    recipe = run.recipe  # with the defaults that depend on the model filled in
+    for note in recipe.defaults_applied:
+        say(f"note: using {note}; set it in the recipe to choose another")
     with args.main_process_first(desc="preprocessing"):
         prepared = run.task.preprocess(recipe, run.raw, run.tokenizer)
     model = trainable_model(run)
@@ -147,6 +160,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: str | bool | None = N
     trainer = build_trainer(
         run.task, recipe, args, model, run.tokenizer, prepared, callbacks=[guard.callback(), stop.callback()]
     )
+    use_step_lines(trainer, tokens_per_step(prepared, args))
     folder.create()
     try:
         stop.install()
@@ -278,6 +292,14 @@ def run_facts(
     }
 
 
+def tokens_per_step(prepared: Prepared, args: Any) -> float | None:
+    """Real input tokens one optimizer step consumes (for the tokens/s of the step lines)."""
+    if prepared.train is None or len(prepared.train) == 0:
+        return None
+    batch = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
+    return mean_tokens(prepared.train) * batch
+
+
 def mean_tokens(features: Any) -> float:
     """Real (unpadded) input tokens per training example: samples/s × this = tokens/s."""
     from llmkit.tasks.packing import token_count
@@ -313,6 +335,7 @@ def evaluate(recipe: Recipe, checkpoint: Path | None = None) -> tuple[dict[str, 
         )
     recipe = recipe_for_checkpoint(recipe, folder)
     run = setup(recipe, need_train=False)
+    recipe = run.recipe
     args = training_arguments(recipe, output_dir=str(folder), report_to="none")
     prepared = _prepare_eval(run)
     model = load_model(run)

@@ -1,31 +1,59 @@
-"""`llmkit predict`: run a trained run folder on new inputs, using the task that trained it."""
+"""`llmkit predict`: run a trained run folder on new inputs, using the task that trained it.
+
+Inputs come as `--text` or as a file in any layout the data loader reads (.csv/.tsv with a header, .jsonl,
+.json, .txt with one input a line, `-` for standard input). Each result keeps the input's other fields, so
+results can be joined back to the inputs; a field that the prediction replaces (a gold `label`) is kept as
+`reference`.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from llmkit.errors import LlmkitError
 
+READERS = (".csv", ".tsv", ".jsonl", ".json", ".txt")
+
 
 def read_inputs(run_dir: Path, texts: list[str], file: Path | None) -> list[dict[str, Any]]:
-    """Inputs as rows of task roles: --text gives the first role; a .jsonl file gives whole rows."""
+    """Inputs as rows: --text gives the first role (`text`); a file gives whole rows."""
     if bool(texts) == (file is not None):
         raise LlmkitError("give either --text (one or more) or --file, not both and not neither")
     if file is None:
         if not all(text.strip() for text in texts):
             raise LlmkitError("--text is empty: give the text to run the model on")
         return [{"text": text} for text in texts]
-    if not file.is_file():
-        raise LlmkitError(f"--file {file}: file not found")
-    try:
-        lines = file.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise LlmkitError(f"--file {file}: not UTF-8 text") from None
-    if file.suffix == ".jsonl":
+    if str(file) == "-":
+        content = sys.stdin.read()
+        suffix = ".jsonl" if content.lstrip().startswith("{") else ".txt"
+    else:
+        if not file.is_file():
+            raise LlmkitError(f"--file {file}: file not found")
+        suffix = file.suffix.lower()
+        if suffix not in READERS:
+            raise LlmkitError(f"--file {file}: unsupported extension (use {', '.join(READERS)} or - for stdin)")
+        try:
+            content = file.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise LlmkitError(f"--file {file}: not UTF-8 text") from None
+    rows = parse(content, suffix, file)
+    if not rows:
+        raise LlmkitError(f"--file {file}: no inputs in it")
+    return rows
+
+
+def parse(content: str, suffix: str, file: Path) -> list[dict[str, Any]]:
+    if suffix in (".csv", ".tsv"):
+        reader = csv.DictReader(io.StringIO(content), delimiter="\t" if suffix == ".tsv" else ",")
+        return [dict(row) for row in reader]
+    if suffix == ".jsonl":
         rows = []
-        for number, line in enumerate(lines, 1):
+        for number, line in enumerate(content.splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -34,7 +62,16 @@ def read_inputs(run_dir: Path, texts: list[str], file: Path | None) -> list[dict
                 raise LlmkitError(f"--file {file}: line {number} is not JSON") from None
             rows.append(row if isinstance(row, dict) else {"text": row})
         return rows
-    return [{"text": line} for line in lines if line.strip()]
+    if suffix == ".json":
+        try:
+            content_json = json.loads(content)
+        except json.JSONDecodeError as err:
+            raise LlmkitError(f"--file {file}: not valid JSON (line {err.lineno})") from None
+        records = content_json.get("data") if isinstance(content_json, dict) else content_json
+        if not isinstance(records, list):
+            raise LlmkitError(f"--file {file}: expected a list of objects (or {{'data': [...]}})")
+        return [row if isinstance(row, dict) else {"text": row} for row in records]
+    return [{"text": line} for line in content.splitlines() if line.strip()]
 
 
 def predict_rows(run_dir: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -47,10 +84,47 @@ def predict_rows(run_dir: Path, rows: list[dict[str, Any]]) -> list[dict[str, An
     recipe = recipe_for_checkpoint(load_recipe(recipe_path), run_dir)
     run = setup_for_inference(recipe)
     model = load_model(run)
-    return run.task.predict(model, run.tokenizer, as_roles(rows, recipe.data.columns), recipe)
+    inputs = as_roles(rows, recipe.data.columns)
+    results = run.task.predict(model, run.tokenizer, inputs, run.recipe)
+    return [joined(result, row, set(mapped)) for result, row, mapped in zip(results, rows, inputs, strict=True)]
 
 
 def as_roles(rows: list[dict[str, Any]], columns: dict[str, str]) -> list[dict[str, Any]]:
     """Rows keyed by task role: a file in the training data's own layout (`sentence`) works as is."""
     role_of = {column: role for role, column in columns.items()}
     return [{role_of.get(key, key): value for key, value in row.items()} for row in rows]
+
+
+def joined(result: dict[str, Any], row: dict[str, Any], roles: set[str]) -> dict[str, Any]:
+    """The result with the input's other fields; an input field the result replaced is kept as `reference`."""
+    record = dict(result)
+    for key, value in row.items():
+        if key not in record:
+            record[key] = value
+        elif record[key] != value and key not in roles and "reference" not in record:
+            record["reference"] = value
+    return record
+
+
+def fields_help() -> str:
+    """The input fields of each task, for `llmkit predict --help` (from the task registry)."""
+    from llmkit.tasks import TASKS
+
+    listed = []
+    for task in TASKS.values():
+        needed = [role for role in task.roles if role not in task.target_roles]
+        optional = [f"[{role}]" for role in task.optional_roles if role not in task.target_roles]
+        listed.append(f"{task.name}: {' '.join([*needed, *optional])}")
+    return "; ".join(listed)
+
+
+def write(records: list[dict[str, Any]], output: Path | None) -> None:
+    """JSON lines on stdout, or into `--output` (written whole, then moved in place)."""
+    lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+    if output is None:
+        sys.stdout.write(lines)
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    temporary = output.with_name(f".{output.name}.tmp")
+    temporary.write_text(lines, encoding="utf-8")
+    temporary.replace(output)

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from llmkit.errors import LlmkitError, did_you_mean
 
 TaskName = Literal["clm", "mlm", "classification", "summarization", "qa"]
+LORA_LEARNING_RATE = 1e-3
 SUBFIELD_MESSAGE = re.compile(r"^field `([\w.]+)`: (.*)$", re.DOTALL)
 FLOAT_PATTERN = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)")
 EXPECT_PATTERN = re.compile(r"^\s*(>=|<=|>|<|==)\s*(-?[0-9.eE+-]+)\s*$")
@@ -93,7 +94,9 @@ class DataSection(Section):
         None, gt=0, lt=1, description="Fraction of train held out for eval when there is no eval set."
     )
     columns: dict[str, str] = Field(default_factory=dict, description="Task roles → dataset column names.")
-    max_length: int = Field(512, ge=8, description="Tokens per example (block size when packing).")
+    max_length: int | None = Field(
+        None, ge=8, description="Tokens per example (block size when packing); unset: the model's limit, at most 512."
+    )
     packing: bool = Field(True, description="clm/mlm: concatenate documents into full blocks (no padding).")
     max_train_samples: int | None = Field(None, ge=1, description="Keep only the first N training rows.")
     max_eval_samples: int | None = Field(None, ge=1, description="Keep only the first N eval rows.")
@@ -223,6 +226,7 @@ class Recipe(Section):
     expect: dict[str, str] = Field(default_factory=dict, description='Metric bars, e.g. {eval_accuracy: ">= 0.8"}.')
     #: the recipe file and the files it extends (set by `load_recipe`): a run never deletes them
     _sources: tuple[Path, ...] = PrivateAttr(default=())
+    _defaults_applied: tuple[str, ...] = PrivateAttr(default=())
 
     @property
     def sources(self) -> tuple[Path, ...]:
@@ -233,6 +237,22 @@ class Recipe(Section):
         return isinstance(other, Recipe) and self.model_dump() == other.model_dump()
 
     __hash__ = None  # type: ignore[assignment]  # sections hold mappings
+
+    @model_validator(mode="after")
+    def _lora_learning_rate(self) -> Recipe:
+        """LoRA trains a few new weights from zero: at full fine-tuning's 5e-5 it barely moves."""
+        if self.peft is not None and "learning_rate" not in self.training.model_fields_set:
+            training = self.training.model_copy(update={"learning_rate": LORA_LEARNING_RATE})
+            training.model_fields_set.add("learning_rate")
+            object.__setattr__(self, "training", training)
+            applied = f"training.learning_rate: {LORA_LEARNING_RATE:g} (the LoRA default)"
+            self._defaults_applied = (*self._defaults_applied, applied)
+        return self
+
+    @property
+    def defaults_applied(self) -> tuple[str, ...]:
+        """Defaults chosen for this recipe because of its other settings (said once at the start of a run)."""
+        return self._defaults_applied
 
     @field_validator("expect")
     @classmethod

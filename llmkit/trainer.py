@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llmkit.console import on_terminal
 from llmkit.errors import LlmkitError
 
 if TYPE_CHECKING:
@@ -36,6 +37,8 @@ def default_arguments() -> dict[str, Any]:
         "ddp_find_unused_parameters": False,
         "save_total_limit": 2,
         "eval_strategy": "no",
+        # Off a terminal, progress bars are a wall of carriage returns: `console` prints one line per log instead.
+        "disable_tqdm": not on_terminal(),
         # Use the hardware: bf16 autocast where the GPU has it (SDPA attention and fused AdamW are already
         # the transformers defaults); a recipe's own `fp16`/`bf16` wins.
         "bf16": on_gpu and torch.cuda.is_bf16_supported(),

@@ -107,7 +107,7 @@ def test_ctrl_c_saves_a_checkpoint_says_how_to_resume_and_resumes_exactly(full_r
             llmkit_command("pretrain", recipe_path), env=subprocess_env(), stdout=handle, stderr=subprocess.STDOUT
         )
         deadline = time.time() + 240
-        while process.poll() is None and time.time() < deadline and "'loss'" not in log.read_text():
+        while process.poll() is None and time.time() < deadline and "  loss " not in log.read_text():
             time.sleep(0.02)
         process.send_signal(signal.SIGINT)
         process.wait(timeout=120)

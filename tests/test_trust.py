@@ -364,7 +364,7 @@ def test_sigterm_stops_training_with_one_line_exit_143_and_a_checkpoint(tmp_path
             [sys.executable, "-m", "llmkit", "pretrain", str(recipe)], env=environment, stdout=handle, stderr=handle
         )
         deadline = time.time() + 240
-        while process.poll() is None and time.time() < deadline and "'loss'" not in log.read_text():
+        while process.poll() is None and time.time() < deadline and "  loss " not in log.read_text():
             time.sleep(0.02)
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=120)

@@ -43,6 +43,8 @@ class Task:
     name: ClassVar[str]
     roles: ClassVar[tuple[str, ...]]
     optional_roles: ClassVar[tuple[str, ...]] = ()
+    #: roles the model learns to produce: not needed as `predict` inputs (a given one is the `reference`)
+    target_roles: ClassVar[tuple[str, ...]] = ()
     auto_class_name: ClassVar[str]
     #: the transformers mapping that says which architectures have this head
     mapping_name: ClassVar[str]
@@ -116,6 +118,10 @@ class Task:
         """Default: the Trainer's own evaluation (loss + compute_metrics)."""
         metrics = trainer.evaluate(prepared.eval)
         return Evaluation(with_perplexity(metrics))
+
+    def check_notes(self, recipe: Recipe, raw: DatasetDict) -> list[str]:
+        """What `llmkit check` should say about this task's data beyond lengths and examples."""
+        return [f"rows longer than {recipe.data.max_length} tokens are cut to fit"]
 
     # ------------------------------------------------------------------ inference
 

@@ -30,6 +30,7 @@ class Classification(Task):
     name = "classification"
     roles = ("text", "label")
     optional_roles = ("text_pair",)
+    target_roles = ("label",)
     auto_class_name = "AutoModelForSequenceClassification"
     mapping_name = "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES"
     needs = "a model with a sequence-classification head (BERT family, GPT-2, ...)"
@@ -115,6 +116,25 @@ class Classification(Task):
                 require_nonempty_text(dataset, "text_pair", split)
             features[split] = tokenize(dataset, encode, recipe, f"Tokenizing {split}")
         return Prepared(features.get("train"), features.get("eval"), raw.get("eval"))
+
+    def check_notes(self, recipe: Recipe, raw: DatasetDict) -> list[str]:
+        """The label set with counts per split, and labels that only one split has."""
+        from collections import Counter
+
+        notes = super().check_notes(recipe, raw)
+        if label_kind(raw, recipe.data.columns.get("label", "label")) == "float":
+            return [*notes, "labels are numbers with decimals: regression (one output, mean squared error)"]
+        counts = {split: Counter(dataset["label"]) for split, dataset in raw.items()}
+        labels = sorted({label for counter in counts.values() for label in counter}, key=str)
+        splits = " / ".join(counts)
+        listed = ", ".join(f"{label!s} {' / '.join(str(counts[s][label]) for s in counts)}" for label in labels[:20])
+        notes.append(f"labels ({len(labels)}; rows per {splits}): {listed}" + (" ..." if len(labels) > 20 else ""))
+        for split, counter in counts.items():
+            others = [s for s in counts if s != split]
+            lonely = [str(label) for label in counter if others and all(label not in counts[o] for o in others)]
+            if lonely:
+                notes.append(f"warning: label(s) {', '.join(lonely[:10])} appear only in the {split} data")
+        return notes
 
     # collator: the base DataCollatorWithPadding pads each batch to its own longest row.
 

@@ -36,6 +36,7 @@ class QuestionAnswering(Task):
     name = "qa"
     roles = ("question", "context")
     optional_roles = ("answers", "answer", "id")
+    target_roles = ("answers", "answer")
     auto_class_name = "AutoModelForQuestionAnswering"
     mapping_name = "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES"
     needs = "an encoder (extractive QA) or a decoder / encoder-decoder (generative QA)"
@@ -188,12 +189,17 @@ class GenerativeQA(PromptToTarget):
 
 
 class ModelInputsCollator:
-    """Pads model inputs per batch and leaves out the bookkeeping columns kept for span post-processing."""
+    """Pads windows to `max_length` and leaves out the bookkeeping columns kept for span post-processing.
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+    The span head's softmax runs over every position, padding included (as in transformers' QA models), so
+    padding each batch to its own longest window would make a window's loss depend on its neighbours: on
+    the batch size, and on how many processes share a batch. Padded to `max_length`, as Hugging Face's
+    `run_qa.py` does, it does not (windows of long contexts fill `max_length` anyway)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
         from transformers import DataCollatorWithPadding
 
-        self.pad = DataCollatorWithPadding(tokenizer)
+        self.pad = DataCollatorWithPadding(tokenizer, padding="max_length", max_length=max_length)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         return self.pad([{k: v for k, v in f.items() if k not in EXAMPLE_COLUMNS} for f in features])
@@ -206,6 +212,12 @@ class ExtractiveQA(Task):
     auto_class_name = "AutoModelForQuestionAnswering"
     mapping_name = "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES"
     needs = "an encoder with a span head (BERT family)"
+
+    def check_notes(self, recipe: Recipe, raw: DatasetDict) -> list[str]:
+        return [
+            f"contexts longer than {recipe.data.max_length} tokens are split into overlapping windows "
+            f"(data.doc_stride = {recipe.data.doc_stride})"
+        ]
 
     def text_roles(self) -> tuple[str, ...]:
         return ("question", "context")
@@ -276,7 +288,7 @@ class ExtractiveQA(Task):
     def collator(
         self, recipe: Recipe, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None
     ) -> Callable[[list[dict]], Any]:
-        return ModelInputsCollator(tokenizer)
+        return ModelInputsCollator(tokenizer, recipe.data.max_length)
 
     # ------------------------------------------------------------------ evaluation and inference
 
@@ -306,7 +318,7 @@ class ExtractiveQA(Task):
         rows = [qa_input(row) for row in rows]
         examples = Dataset.from_list([{"question": r["question"], "context": r["context"]} for r in rows])
         features = self.eval_features(examples, tokenizer, recipe)
-        collate = ModelInputsCollator(tokenizer)
+        collate = ModelInputsCollator(tokenizer, recipe.data.max_length)
         starts, ends = [], []
         model.eval()
         for first in range(0, len(features), 16):

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 class Summarization(PromptToTarget):
     name = "summarization"
     roles = ("document", "summary")
+    target_roles = ("summary",)
     needs = "a decoder-only (GPT-2) or encoder-decoder (T5, BART) model"
     default_separator = "\nTL;DR:"
     text_role = "document"
