@@ -148,7 +148,8 @@ def load(recipe: str, overrides: list[str] | None) -> Any:
     return load_recipe(resolve_recipe(recipe), overrides or [])
 
 
-def print_metrics(metrics: dict[str, Any], title: str) -> None:
+def print_metrics(metrics: dict[str, Any], title: str, compare: dict[str, Any] | None = None) -> None:
+    """A metric table; with `compare`, a second column (the training run's own eval, say) beside it."""
     from rich.table import Table
 
     from llmkit.console import rich_console
@@ -156,9 +157,15 @@ def print_metrics(metrics: dict[str, Any], title: str) -> None:
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
+    if compare:
+        table.add_column("training run's eval", justify="right")
     for key, value in metrics.items():
         if key != "epoch" and not key.endswith(("_preparation_time", "_runtime", "_per_second")):  # bookkeeping
-            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+            cells = [f"{value:.4f}" if isinstance(value, float) else str(value)]
+            if compare:
+                other = compare.get(key)
+                cells.append(f"{other:.4f}" if isinstance(other, float) else "" if other is None else str(other))
+            table.add_row(key, *cells)
     rich_console().print(table)
 
 
@@ -195,7 +202,7 @@ def train_here(recipe: Any, overwrite: bool, resume: str | None) -> None:
 
     resume_from: str | bool | None = True if resume == "latest" else resume
     try:
-        metrics = pipeline.train(recipe, overwrite=overwrite, resume=resume_from)
+        metrics = pipeline.train(recipe, overwrite=overwrite, resume=resume_from, command=command_line())
     except Interrupted as stop:
         if not is_main_process():
             raise typer.Exit(stop.exit_code) from None  # rank 0 says it once
@@ -209,6 +216,14 @@ def train_here(recipe: Any, overwrite: bool, resume: str | None) -> None:
 
 def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
+
+
+def command_line() -> str | None:
+    """The command as the user typed it (for the model card); None when llmkit runs inside another program."""
+    import shlex
+
+    program = Path(sys.argv[0]).name if sys.argv else ""
+    return shlex.join(["llmkit", *sys.argv[1:]]) if program in ("llmkit", "__main__.py") else None
 
 
 def resume_command() -> str:
@@ -306,8 +321,10 @@ def evaluate(
 
     loaded = load(recipe, overrides)
     metrics, written = pipeline.evaluate(loaded, checkpoint)
-    evaluated = checkpoint or loaded.training.output_dir
-    print_metrics(metrics, f"eval of {evaluated} on {loaded.data.eval or 'the held-out split'}")
+    evaluated = Path(checkpoint or loaded.training.output_dir)
+    trained = training_metrics(evaluated)
+    data = loaded.data.eval or f"{loaded.data.validation_split:g} of {loaded.data.train}, held out"
+    print_metrics(metrics, f"eval of {evaluated} on {data}", compare=trained)
     if written is not None:
         typer.echo(f"metrics written to {written / 'metrics.json'}")
     else:
@@ -322,6 +339,17 @@ def evaluate(
         if missed:
             raise ExpectationsNotMet("expectations not met: " + "; ".join(missed))
         typer.echo(f"all {len(loaded.expect)} expectations met")
+
+
+def training_metrics(folder: Path) -> dict[str, Any] | None:
+    """The eval figures the training run wrote, to compare with a new evaluation."""
+    import json
+
+    try:
+        content = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return content if isinstance(content, dict) else None
 
 
 @app.command()

@@ -13,6 +13,9 @@ import time
 import warnings
 from typing import Any
 
+#: metric names that time a run rather than judge it
+BOOKKEEPING = ("_runtime", "_per_second", "_preparation_time")
+
 
 def verbose() -> bool:
     return os.environ.get("LLMKIT_VERBOSE", "") not in ("", "0")
@@ -78,7 +81,7 @@ def step_lines(tokens_per_step: float | None) -> Any:
                 shown = [
                     f"{key} {value:.4f}"
                     for key, value in logs.items()
-                    if key.startswith("eval_") and isinstance(value, float) and not key.endswith(("runtime", "second"))
+                    if key.startswith("eval_") and isinstance(value, float) and not key.endswith(BOOKKEEPING)
                 ]
                 print(f"eval at step {step}: " + "  ".join(shown), flush=True)
 
@@ -90,14 +93,16 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def use_step_lines(trainer: Any, tokens_per_step: float | None) -> None:
-    """Off a terminal: the plain step lines instead of the Trainer's dict printer (its progress bar is off)."""
+def use_step_lines(trainer: Any, tokens_per_step: float | None, training: bool = True) -> None:
+    """Off a terminal: the plain step lines instead of the Trainer's dict printer (its progress bar is off);
+    an evaluation alone prints its own table instead."""
     from transformers.trainer_callback import PrinterCallback
 
     if on_terminal() and not trainer.args.disable_tqdm:
         return
     trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(step_lines(tokens_per_step))
+    if training:
+        trainer.add_callback(step_lines(tokens_per_step))
 
 
 def rich_console() -> Any:

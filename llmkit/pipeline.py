@@ -127,8 +127,11 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def train(recipe: Recipe, overwrite: bool = False, resume: str | bool | None = None) -> dict[str, Any]:
-    """Train, evaluate and write the run folder; returns the eval metrics.
+def train(
+    recipe: Recipe, overwrite: bool = False, resume: str | bool | None = None, command: str | None = None
+) -> dict[str, Any]:
+    """Train, evaluate and write the run folder; returns the eval metrics. `command`: the command line that
+    started the run, for the model card.
 
     The run is checked (folder, checkpoint, data, model config) before anything is written; a run that
     replaces an earlier one is written beside it and swapped in only once it has succeeded."""
@@ -182,7 +185,7 @@ def train(recipe: Recipe, overwrite: bool = False, resume: str | bool | None = N
             raise TrainingDiverged(diverged_message(folder, "the trained weights hold NaN or infinite values"))
         folder.save_model(trainer, run.tokenizer)
         if trainer.is_world_process_zero():
-            write_run(folder, recipe, run, trainer, prepared, evaluation, metrics, started)
+            write_run(folder, recipe, run, trainer, prepared, evaluation, metrics, started, command)
         trainer.accelerator.wait_for_everyone()
     except Interrupted:
         folder.release()  # a replacing run keeps its staging folder: the checkpoint is there
@@ -203,6 +206,7 @@ def write_run(
     evaluation: Evaluation | None,
     metrics: dict[str, Any],
     started: float,
+    command: str | None,
 ) -> None:
     """Everything a finished run leaves besides its weights (main process only)."""
     from llmkit import report
@@ -218,7 +222,9 @@ def write_run(
     if evaluation is not None and evaluation.predictions is not None:
         folder.write_predictions(evaluation.predictions)
     report.plot_losses(trainer.state.log_history, folder.work / "loss.png")
-    card = report.model_card(recipe, metrics, adapter=recipe.peft is not None, auto_class=run.task.auto_class_name)
+    card = report.model_card(
+        recipe, metrics, adapter=recipe.peft is not None, auto_class=run.task.auto_class_name, command=command
+    )
     folder.write_text("README.md", card)
     folder.write_json("run.json", run_facts(recipe, started, trainer, prepared, run.raw))
 
@@ -325,6 +331,7 @@ def evaluate(recipe: Recipe, checkpoint: Path | None = None) -> tuple[dict[str, 
 
     The training run's own `metrics.json` is never touched: the results go to `eval/<data name>/` inside an
     llmkit run folder (returned), and are only printed for a folder llmkit did not write (None)."""
+    from llmkit.console import use_step_lines
     from llmkit.run_folder import is_llmkit_folder, is_model_folder, numeric_metrics, write_json
     from llmkit.trainer import build_trainer, training_arguments
 
@@ -340,6 +347,7 @@ def evaluate(recipe: Recipe, checkpoint: Path | None = None) -> tuple[dict[str, 
     prepared = _prepare_eval(run)
     model = load_model(run)
     trainer = build_trainer(run.task, recipe, args, model, run.tokenizer, prepared)
+    use_step_lines(trainer, None, training=False)
     evaluation = run.task.evaluate(trainer, prepared, recipe, run.tokenizer)
     if not is_llmkit_folder(folder):
         return evaluation.metrics, None
@@ -377,7 +385,7 @@ def _prepare_eval(run: Setup) -> Prepared:
 def merge_adapter(adapter_dir: Path, out_dir: Path, overwrite: bool = False) -> Path:
     """`llmkit merge`: a LoRA run folder → a plain model folder (merged weights, tokenizer, recipe), written
     beside OUT_DIR and moved in place once complete."""
-    from llmkit import adapters
+    from llmkit import adapters, report
     from llmkit.models import adapter_base
     from llmkit.recipe import load_recipe
     from llmkit.run_folder import RunFolder, check_weights, local_inputs
@@ -402,6 +410,8 @@ def merge_adapter(adapter_dir: Path, out_dir: Path, overwrite: bool = False) -> 
     try:
         folder.save_pretrained(merged, run.tokenizer)
         folder.write_text("recipe.yaml", (adapter_dir / "recipe.yaml").read_text(encoding="utf-8"))
+        card = report.merged_card(adapter_dir, out_dir, run.recipe, type(merged).__name__)
+        folder.write_text("README.md", card)
     except BaseException:
         folder.discard()
         raise

@@ -215,6 +215,10 @@ def training(output: Path, batch: int, accumulation: int, processes: int) -> dic
         "gradient_accumulation_steps": accumulation,
         "per_device_eval_batch_size": batch // processes,  # both runs see the same global eval batches
         "learning_rate": 3.0e-3,
+        # Weights with no true gradient (the span head's bias, attention key biases: constants that cancel in a
+        # softmax) get float noise, which Adam's default eps (1e-8) turns into full-size steps that differ
+        # with the summation order; they change no loss or answer, only the reported span scores.
+        "adam_epsilon": 1.0e-6,
         "warmup_steps": 0,
         "logging_steps": 1,
         "save_strategy": "no",
@@ -281,7 +285,10 @@ def test_two_processes_train_and_evaluate_like_one(row: Row, tmp_path: Path, bas
 
     if row.predictions:
         mine, theirs = read_predictions(one), read_predictions(two)
-        assert theirs == mine  # complete, in order, no repeats
+        # complete, in order, no repeats; span scores are rounded to 4 decimals, so float noise may flip the last
+        assert [{**r, "score": None} for r in theirs] == [{**r, "score": None} for r in mine]
+        assert [r.get("score", 0) for r in theirs] == pytest.approx([r.get("score", 0) for r in mine], abs=2e-4)
+        assert any(record.get("answer", record.get("summary")) for record in mine), "nothing was generated"
         if "qa" in row.name:
             ids = [record["id"] for record in theirs]
             assert len(ids) == len(set(ids)) == (16 if "generative" in row.name else 21)
