@@ -86,7 +86,7 @@ def predict_rows(run_dir: Path, rows: list[dict[str, Any]]) -> list[dict[str, An
     model = load_model(run)
     inputs = as_roles(rows, recipe.data.columns)
     results = run.task.predict(model, run.tokenizer, inputs, run.recipe)
-    return [joined(result, row, set(mapped)) for result, row, mapped in zip(results, rows, inputs, strict=True)]
+    return [joined(result, row) for result, row in zip(results, rows, strict=True)]
 
 
 def as_roles(rows: list[dict[str, Any]], columns: dict[str, str]) -> list[dict[str, Any]]:
@@ -95,13 +95,13 @@ def as_roles(rows: list[dict[str, Any]], columns: dict[str, str]) -> list[dict[s
     return [{role_of.get(key, key): value for key, value in row.items()} for row in rows]
 
 
-def joined(result: dict[str, Any], row: dict[str, Any], roles: set[str]) -> dict[str, Any]:
+def joined(result: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
     """The result with the input's other fields; an input field the result replaced is kept as `reference`."""
     record = dict(result)
     for key, value in row.items():
         if key not in record:
             record[key] = value
-        elif record[key] != value and key not in roles and "reference" not in record:
+        elif record[key] != value and "reference" not in record:
             record["reference"] = value
     return record
 

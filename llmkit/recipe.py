@@ -107,7 +107,9 @@ class DataSection(Section):
         None, description="Text between prompt and target (default: \\nTL;DR: for summarization, \\nAnswer: for QA)."
     )
     max_target_length: int = Field(128, ge=1, description="Summarization/generative QA: tokens kept of the target.")
-    doc_stride: int = Field(128, ge=1, description="Extractive QA: overlap between windows of a long context.")
+    doc_stride: int | None = Field(
+        None, ge=1, description="Extractive QA: overlap between windows of a long context (unset: max_length / 4)."
+    )
     max_answer_length: int = Field(30, ge=1, description="Extractive QA: longest answer span in tokens.")
     n_best_size: int = Field(20, ge=1, description="Extractive QA: start/end candidates considered.")
     version_2_with_negative: bool = Field(

@@ -115,10 +115,10 @@ def squad_scores(predictions: list[str], examples: Dataset, recipe: Recipe) -> d
 def answer_records(predictions: list[str], examples: Dataset, scores: list[float] | None = None) -> list[dict]:
     golds = gold_answers(examples) if {"answers", "answer"} & set(examples.column_names) else None
     records = []
-    for index, (qid, question, prediction) in enumerate(
-        zip(question_ids(examples), examples["question"], predictions, strict=True)
+    for index, (qid, question, context, prediction) in enumerate(
+        zip(question_ids(examples), examples["question"], examples["context"], predictions, strict=True)
     ):
-        record: dict[str, Any] = {"id": qid, "question": question, "answer": prediction}
+        record: dict[str, Any] = {"id": qid, "question": question, "context": context, "answer": prediction}
         if scores is not None:
             record["score"] = round(float(scores[index]), 4)
         if golds is not None:
@@ -216,7 +216,7 @@ class ExtractiveQA(Task):
     def check_notes(self, recipe: Recipe, raw: DatasetDict) -> list[str]:
         return [
             f"contexts longer than {recipe.data.max_length} tokens are split into overlapping windows "
-            f"(data.doc_stride = {recipe.data.doc_stride})"
+            f"(data.doc_stride = {doc_stride(recipe)})"
         ]
 
     def text_roles(self) -> tuple[str, ...]:
@@ -225,11 +225,7 @@ class ExtractiveQA(Task):
     # ------------------------------------------------------------------ data
 
     def preprocess(self, recipe: Recipe, raw: DatasetDict, tokenizer: PreTrainedTokenizerBase) -> Prepared:
-        if recipe.data.doc_stride >= recipe.data.max_length // 2:
-            raise LlmkitError(
-                f"recipe field `data.doc_stride`: {recipe.data.doc_stride} must be under half of data.max_length "
-                f"({recipe.data.max_length}): windows overlap by doc_stride tokens"
-            )
+        check_stride(recipe, raw, tokenizer)
         features = {}
         for split, dataset in raw.items():
             check_answers(dataset, split)
@@ -352,6 +348,29 @@ def check_answers(dataset: Dataset, split: str) -> None:
                 )
 
 
+def doc_stride(recipe: Recipe) -> int:
+    """Tokens two windows of one context share: the recipe's, or a quarter of the window."""
+    return recipe.data.doc_stride or max(recipe.data.max_length // 4, 1)
+
+
+def check_stride(recipe: Recipe, raw: DatasetDict, tokenizer: PreTrainedTokenizerBase) -> None:
+    """The rule of HF `run_qa`: the overlap must be shorter than the room a window leaves for its context
+    (max_length minus the question and the special tokens), checked against the longest question."""
+    questions = [q.lstrip() for dataset in raw.values() for q in dataset["question"]]
+    if not questions:
+        return
+    longest = max(len(ids) for ids in tokenizer(questions, add_special_tokens=False)["input_ids"])
+    room = recipe.data.max_length - longest - tokenizer.num_special_tokens_to_add(pair=True)
+    stride = doc_stride(recipe)
+    if stride >= room:
+        field = "data.doc_stride" if recipe.data.doc_stride else "data.max_length"
+        raise LlmkitError(
+            f"recipe field `{field}`: windows of {recipe.data.max_length} tokens leave {room} for the context next "
+            f"to the longest question ({longest} tokens); data.doc_stride ({stride}) must be less than that "
+            "(lower data.doc_stride or raise data.max_length)"
+        )
+
+
 def windows(tokenizer: PreTrainedTokenizerBase, questions: list[str], contexts: list[str], recipe: Recipe) -> Any:
     """Question + context windows of `max_length` tokens overlapping by `doc_stride`; only the context is cut."""
     questions = [q.lstrip() for q in questions]  # leading spaces in SQuAD questions waste window room
@@ -362,7 +381,7 @@ def windows(tokenizer: PreTrainedTokenizerBase, questions: list[str], contexts: 
             contexts if question_first else questions,
             truncation="only_second" if question_first else "only_first",
             max_length=recipe.data.max_length,
-            stride=recipe.data.doc_stride,
+            stride=doc_stride(recipe),
             return_overflowing_tokens=True,
             return_offsets_mapping=True,
             padding=False,
@@ -370,7 +389,7 @@ def windows(tokenizer: PreTrainedTokenizerBase, questions: list[str], contexts: 
     except Exception as err:  # the tokenizer refuses a question that leaves no room for the context
         raise LlmkitError(
             f"cannot split contexts into windows of data.max_length = {recipe.data.max_length} with data.doc_stride = "
-            f"{recipe.data.doc_stride}: {str(err).splitlines()[0][:200]} (lower doc_stride or raise max_length)"
+            f"{doc_stride(recipe)}: {str(err).splitlines()[0][:200]} (lower doc_stride or raise max_length)"
         ) from None
 
 
