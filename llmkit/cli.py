@@ -174,17 +174,22 @@ def run_training(
     overrides: list[str] | None,
     overwrite: bool,
     resume: str | None,
-    tasks: set[str],
+    command: str,
     launch_options: Any = None,
 ) -> None:
     from llmkit import launch
+    from llmkit.tasks import TASKS
+
+    tasks = {name for name, task in TASKS.items() if command in task.commands}
 
     options = launch_options or launch.LaunchOptions()
     try:
         recipe = load(recipe_name, overrides)
         if recipe.task not in tasks:
             allowed = ", ".join(sorted(tasks))
-            raise LlmkitError(f"recipe field `task`: `{recipe.task}` is not for this command (use one of: {allowed})")
+            raise LlmkitError(
+                f"recipe field `task`: `{recipe.task}` is not for this command (`llmkit {command}` runs: {allowed})"
+            )
         if launch.needs_relaunch(options):
             # The workers run this very command line; having a rank, they do not launch again.
             raise typer.Exit(launch.relaunch(options, sys.argv[1:]))
@@ -268,7 +273,7 @@ def pretrain(
     launching = LaunchOptions(
         num_processes, num_machines, machine_rank, main_process_ip, main_process_port, accelerate_config, cpu
     )
-    run_training(recipe, overrides, overwrite, resume, {"clm", "mlm"}, launching)
+    run_training(recipe, overrides, overwrite, resume, "pretrain", launching)
 
 
 @app.command()
@@ -290,13 +295,12 @@ def finetune(
 
     Example: llmkit finetune recipes/bert-sst2.yaml training.num_train_epochs=1
     """
-    every_task = {"clm", "mlm", "classification", "summarization", "qa"}  # recipe.TaskName (pydantic stays unimported)
     from llmkit.launch import LaunchOptions
 
     launching = LaunchOptions(
         num_processes, num_machines, machine_rank, main_process_ip, main_process_port, accelerate_config, cpu
     )
-    run_training(recipe, overrides, overwrite, resume, every_task, launching)
+    run_training(recipe, overrides, overwrite, resume, "finetune", launching)
 
 
 @app.command("eval")

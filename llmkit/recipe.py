@@ -19,8 +19,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from llmkit.errors import LlmkitError, did_you_mean
+from llmkit.tasks import TASKS
 
-TaskName = Literal["clm", "mlm", "classification", "summarization", "qa"]
+#: `task:` names, from the registry (a new task file adds its own)
+TaskName = Literal[tuple(TASKS)]  # type: ignore[valid-type]
 LORA_LEARNING_RATE = 1e-3
 SUBFIELD_MESSAGE = re.compile(r"^field `([\w.]+)`: (.*)$", re.DOTALL)
 FLOAT_PATTERN = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)")

@@ -216,7 +216,7 @@ CASES: list[tuple[str, Build, tuple[str, ...]]] = [
         ("training.optim", "pip install bitsandbytes"),
     ),
     ("wandb-not-installed", change(("training.report_to", "wandb")), ("training.report_to", "pip install wandb")),
-    ("mlflow-not-installed", change(("training.report_to", ["tensorboard", "mlflow"])), ("pip install mlflow",)),
+    ("neptune-not-installed", change(("training.report_to", ["tensorboard", "neptune"])), ("pip install neptune",)),
     ("negative-learning-rate", change(("training.learning_rate", -1e-4)), ("training.learning_rate", "greater than 0")),
     ("learning-rate-not-number", change(("training.learning_rate", "fast")), ("training.learning_rate", "'fast'")),
     ("max-length-above-positions", change(("data.max_length", 512)), ("data.max_length", "512", "64 positions")),

@@ -43,6 +43,8 @@ class Task:
     name: ClassVar[str]
     roles: ClassVar[tuple[str, ...]]
     optional_roles: ClassVar[tuple[str, ...]] = ()
+    #: the training commands that run this task (`pretrain` is for the language-modelling objectives)
+    commands: ClassVar[tuple[str, ...]] = ("finetune",)
     #: roles the model learns to produce: not needed as `predict` inputs (a given one is the `reference`)
     target_roles: ClassVar[tuple[str, ...]] = ()
     auto_class_name: ClassVar[str]

@@ -42,6 +42,7 @@ class PadAndLabelCollator:
 
 class CausalLM(Task):
     name = "clm"
+    commands = ("pretrain", "finetune")
     roles = ("text",)
     auto_class_name = "AutoModelForCausalLM"
     mapping_name = "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"

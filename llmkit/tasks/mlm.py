@@ -68,6 +68,7 @@ class ExampleMasking:
 
 class MaskedLM(Task):
     name = "mlm"
+    commands = ("pretrain", "finetune")
     roles = ("text",)
     auto_class_name = "AutoModelForMaskedLM"
     mapping_name = "MODEL_FOR_MASKED_LM_MAPPING_NAMES"
