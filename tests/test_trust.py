@@ -374,3 +374,20 @@ def test_sigterm_stops_training_with_one_line_exit_143_and_a_checkpoint(tmp_path
     assert len(stopped) == 1 and "checkpoint saved in" in stopped[0], text[-2000:]
     assert "Traceback" not in text
     assert list(output.glob("checkpoint-*/trainer_state.json"))
+
+
+def test_the_same_wordpiece_recipe_and_seed_give_identical_tokenizer_and_weights(tmp_path: Path) -> None:
+    """The BERT classification CI recipe trains its own WordPiece tokenizer: twice, byte for byte the same."""
+    import hashlib
+
+    digests = []
+    for name in ("first", "second"):
+        output = tmp_path / name
+        result = invoke(
+            "finetune", "ci/tiny-bert-classification", f"training.output_dir={output}", "training.max_steps=6"
+        )
+        assert result.exit_code == 0, result.stderr[-2000:]
+        digests.append(
+            {f: hashlib.sha256((output / f).read_bytes()).hexdigest() for f in ("tokenizer.json", "model.safetensors")}
+        )
+    assert digests[0] == digests[1]
