@@ -17,7 +17,7 @@ $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_PIN)
-	$(BIN)/pip install --quiet -e ".[dev,slow]"
+	$(BIN)/pip install --quiet -e ".[dev,slow,export,tune,mlflow]"
 	touch $(INSTALLED)
 
 install:

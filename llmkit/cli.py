@@ -100,7 +100,7 @@ AccelerateConfigOpt = Annotated[
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class Terminated(Exception):
+class Terminated(BaseException):
     """SIGTERM outside training (inside it, training stops at a step boundary and saves a checkpoint)."""
 
 
@@ -198,6 +198,8 @@ def run_training(
         if launch.report_from_worker(f"{getattr(err, 'label', 'error')}: {err}", err.exit_code):
             raise typer.Exit(err.exit_code) from None
         raise
+    finally:
+        launch.leave_process_group()
 
 
 def train_here(recipe: Any, overwrite: bool, resume: str | None) -> None:
@@ -453,6 +455,68 @@ def merge(
 
     merge_adapter(adapter_dir, out_dir, overwrite)
     typer.echo(f"merged model written to {out_dir}")
+
+
+@app.command()
+@reports_errors
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by pretrain/finetune (LoRA runs are merged).")],
+    out_dir: Annotated[Path, typer.Argument(help="Where to write the exported model, tokenizer and export.json.")],
+    fmt: Annotated[str, typer.Option("--format", help="Export format.")] = "onnx",
+    quantize: Annotated[
+        str | None, typer.Option("--quantize", help="Also write a dynamically quantized model: int8.")
+    ] = None,
+    tolerance: Annotated[
+        float, typer.Option("--tolerance", help="Largest abs difference from PyTorch's outputs that passes.")
+    ] = 1e-4,
+    samples: Annotated[int, typer.Option("--samples", help="Eval rows the parity check runs on.")] = 200,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Export a trained run to ONNX, then prove parity with PyTorch on the run's eval data (exit 1 if not).
+
+    Example: llmkit export runs/bert-sst2 runs/bert-sst2-onnx --format onnx --quantize int8
+    """
+    from llmkit.export import export as export_run
+
+    report = export_run(run_dir, out_dir, fmt, quantize, overwrite, tolerance, samples)
+    parity = report["parity"]
+    typer.echo(
+        f"parity on {parity['examples']} eval example(s): max abs difference {parity['max_abs_diff']:.3g} "
+        f"(tolerance {parity['tolerance']:g}), argmax agreement {parity['argmax_agreement']:.2%}"
+    )
+    if "int8" in report:
+        typer.echo(f"int8: argmax agreement {report['int8']['argmax_agreement']:.2%}")
+    for size in (1, 32):
+        row = report["latency_ms"][f"batch_{size}"]
+        int8 = f", int8 {row['onnxruntime_int8']} ms" if "onnxruntime_int8" in row else ""
+        typer.echo(f"latency batch {size}: PyTorch {row['pytorch']} ms, ONNX Runtime {row['onnxruntime']} ms{int8}")
+    typer.echo(f"ONNX model written to {out_dir} (llmkit predict {out_dir} --text ...)")
+
+
+@app.command()
+@reports_errors
+def tune(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    trials: Annotated[int, typer.Option("--trials", help="Trials in all (a continued study counts its own).")] = 10,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Stop starting new trials after this many minutes.")
+    ] = None,
+    num_processes: ProcessesOpt = None,
+    cpu: CpuOpt = False,
+) -> None:
+    """Search the recipe's `tune.space` with Optuna (TPE, median pruning); the study is kept in SQLite.
+
+    Example: llmkit tune recipes/ci/tiny-tune.yaml --trials 8
+    """
+    from llmkit import tune as tuning
+    from llmkit.launch import LaunchOptions
+
+    outcome = tuning.run(load(recipe, overrides), trials, timeout, LaunchOptions(num_processes, cpu=cpu))
+    typer.echo(
+        f"{outcome.completed} trial(s) complete, {outcome.pruned} pruned, {outcome.failed} failed "
+        f"in {outcome.seconds:.1f} s; study and trials in {outcome.folder}"
+    )
 
 
 def description(path: Path) -> str:

@@ -169,9 +169,10 @@ def accelerate_command(options: LaunchOptions, cpu: bool, arguments: list[str]) 
 def relaunch(options: LaunchOptions, arguments: list[str]) -> int:
     """Run `arguments` (this llmkit command line) under accelerate's launcher; returns the exit code.
 
-    Ctrl-C reaches every process of the terminal's group. The workers finish their step, save a checkpoint
-    and exit 130 (the launcher forwards the signal too, which they treat as the same request, and waits 30 s
-    for them before killing); this process waits, prints the first worker's message and exits 130.
+    Ctrl-C reaches this process and the launcher; the launcher passes it on to the workers (torch elastic
+    starts each in a session of its own) and waits 30 s for them before killing them. The workers finish
+    their step, save a checkpoint and exit 130; this process waits, prints the first worker's message and
+    exits 130.
     """
     processes_here = (options.num_processes or options.machines) // options.machines
     cpu = runs_on_cpu(options, processes_here) if options.accelerate_config is None else options.cpu
@@ -210,6 +211,18 @@ def report_from_worker(line: str, exit_code: int) -> bool:
         (Path(folder) / f"rank-{rank}.json").write_text(json.dumps(record), encoding="utf-8")
         return True
     return rank != 0
+
+
+def leave_process_group() -> None:
+    """End a worker's process group before the interpreter exits, as accelerate's `end_training` does: left
+    to interpreter shutdown, gloo's threads can abort the exit (SIGABRT, "terminate called without an
+    active exception") of a run that succeeded."""
+    if "torch" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def first_reported_error(folder: Path) -> dict[str, Any] | None:

@@ -51,7 +51,8 @@ def load_config(section: ModelSection, overrides: dict[str, Any] | None = None) 
     name = str(section.name_or_path)
     if Path(name).exists() and not (Path(name) / "config.json").is_file() and not _is_adapter(Path(name)):
         raise LlmkitError(f"recipe field `model.name_or_path`: {name} is not a model folder (no config.json)")
-    if Path(name).is_dir() and not _is_adapter(Path(name)) and not any(Path(name).glob("*.safetensors")):
+    weights = any(Path(name).glob("*.safetensors")) or (Path(name) / "model.onnx").is_file()  # or `llmkit export`
+    if Path(name).is_dir() and not _is_adapter(Path(name)) and not weights:
         raise LlmkitError(f"recipe field `model.name_or_path`: {name} has no *.safetensors weights (the format loaded)")
     # An adapter folder keeps its tuned config (label maps, pad id) beside the adapter; else use the base's.
     has_own_config = (Path(name) / "config.json").is_file()
@@ -139,7 +140,13 @@ def adapter_base(path: Path) -> str:
     """The base checkpoint a PEFT adapter folder was trained from."""
     import json
 
-    return json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+    try:
+        base = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise LlmkitError(
+            f"{path}: adapter_config.json is damaged (not JSON naming `base_model_name_or_path`)"
+        ) from None
+    return str(base)
 
 
 def load_tokenizer(section: TokenizerSection, model: ModelSection) -> PreTrainedTokenizerBase:
@@ -311,6 +318,13 @@ def build_model(
             )
         except (OSError, ValueError) as err:
             raise _hub_error("model weights", str(section.name_or_path), err) from None
+        except RuntimeError as err:  # a config.json that does not describe the weights beside it
+            if "size mismatch" not in str(err) and "mismatched" not in str(err):
+                raise
+            raise LlmkitError(
+                f"recipe field `model.name_or_path`: {section.name_or_path}: the weights do not fit its config.json "
+                "(tensor shapes differ)"
+            ) from None
         report_loading(loading)
     embeddings = model.get_input_embeddings()
     if embeddings is not None and len(tokenizer) > embeddings.weight.shape[0]:

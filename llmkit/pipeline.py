@@ -135,6 +135,7 @@ def train(
 
     The run is checked (folder, checkpoint, data, model config) before anything is written; a run that
     replaces an earlier one is written beside it and swapped in only once it has succeeded."""
+    from llmkit import run_hooks
     from llmkit.console import say, use_step_lines
     from llmkit.errors import Interrupted, TrainingDiverged
     from llmkit.run_folder import RunFolder, local_inputs
@@ -159,18 +160,14 @@ def train(
         prepared = run.task.preprocess(recipe, run.raw, run.tokenizer)
     model = trainable_model(run)
     guard, stop = DivergenceGuard(), StopOnSignal()
-    guard.watch(model)
-    trainer = build_trainer(
-        run.task, recipe, args, model, run.tokenizer, prepared, callbacks=[guard.callback(), stop.callback()]
-    )
+    hooks = [guard.callback(), stop.callback(), *run_hooks.callbacks(recipe)]
+    trainer = build_trainer(run.task, recipe, args, model, run.tokenizer, prepared, callbacks=hooks)
+    guard.watch(trainer)
     use_step_lines(trainer, tokens_per_step(prepared, args))
     folder.create()
+    stop.install()  # until the run is committed: a signal after the last step still stops it
     try:
-        stop.install()
-        try:
-            result = trainer.train(resume_from_checkpoint=checkpoint)
-        finally:
-            stop.restore()
+        result = train_from(trainer, checkpoint)
         if stop.stopped_at is not None:
             message = interrupted_message(folder, stop.stopped_at)
             raise Interrupted(message, signal_number=stop.signal, resumable=not folder.replacing)
@@ -183,18 +180,39 @@ def train(
             raise TrainingDiverged(diverged_message(folder, f"the eval loss is {eval_loss} after training"))
         if not weights_are_finite(trainer.model):
             raise TrainingDiverged(diverged_message(folder, "the trained weights hold NaN or infinite values"))
+        stop.raise_if_signalled(folder)
         folder.save_model(trainer, run.tokenizer)
         if trainer.is_world_process_zero():
             write_run(folder, recipe, run, trainer, prepared, evaluation, metrics, started, command)
+            run_hooks.finished(trainer, folder.work, metrics)
         trainer.accelerator.wait_for_everyone()
-    except Interrupted:
+        stop.raise_if_signalled(folder)
+    except Interrupted as stopped:
+        run_hooks.failed(trainer, stopped)
         folder.release()  # a replacing run keeps its staging folder: the checkpoint is there
+        stop.restore()
         raise
-    except BaseException:
+    except BaseException as error:
+        run_hooks.failed(trainer, error)
         folder.discard()
+        stop.restore()
         raise
     folder.commit()
+    stop.restore()
     return metrics
+
+
+def train_from(trainer: Any, checkpoint: str | None) -> Any:
+    """`trainer.train`, with a checkpoint that does not fit the recipe's model as a one-line error."""
+    try:
+        return trainer.train(resume_from_checkpoint=checkpoint)
+    except RuntimeError as err:
+        if checkpoint is None or "size mismatch" not in str(err):
+            raise
+        raise LlmkitError(
+            f"--resume {checkpoint}: the checkpoint's weights do not fit the recipe's model (was the model "
+            "changed since? size mismatch)"
+        ) from None
 
 
 def write_run(
@@ -209,7 +227,7 @@ def write_run(
     command: str | None,
 ) -> None:
     """Everything a finished run leaves besides its weights (main process only)."""
-    from llmkit import report
+    from llmkit import report, run_hooks
     from llmkit.run_folder import numeric_metrics
 
     trainer.save_state()  # trainer_state.json: the full log history (losses, eval points)
@@ -226,7 +244,8 @@ def write_run(
         recipe, metrics, adapter=recipe.peft is not None, auto_class=run.task.auto_class_name, command=command
     )
     folder.write_text("README.md", card)
-    folder.write_json("run.json", run_facts(recipe, started, trainer, prepared, run.raw))
+    facts = run_facts(recipe, started, trainer, prepared, run.raw)
+    folder.write_json("run.json", {**facts, **run_hooks.facts(trainer)})
 
 
 def interrupted_message(folder: RunFolder, step: int) -> str:

@@ -44,6 +44,9 @@ def read_inputs(run_dir: Path, texts: list[str], file: Path | None) -> list[dict
     rows = parse(content, suffix, file)
     if not rows:
         raise LlmkitError(f"--file {file}: no inputs in it")
+    for number, row in enumerate(rows, 1):
+        if isinstance(row.get("text"), str) and not row["text"].strip():
+            raise LlmkitError(f"--file {file}: input {number} has an empty `text`")
     return rows
 
 
@@ -83,7 +86,9 @@ def predict_rows(run_dir: Path, rows: list[dict[str, Any]]) -> list[dict[str, An
         raise LlmkitError(f"{run_dir} is not a run folder (no recipe.yaml)")
     recipe = recipe_for_checkpoint(load_recipe(recipe_path), run_dir)
     run = setup_for_inference(recipe)
-    model = load_model(run)
+    from llmkit.export import is_export_folder, load_onnx_model
+
+    model = load_onnx_model(run_dir, run) if is_export_folder(run_dir) else load_model(run)
     inputs = as_roles(rows, recipe.data.columns)
     results = run.task.predict(model, run.tokenizer, inputs, run.recipe)
     return [joined(result, row) for result, row in zip(results, rows, strict=True)]

@@ -29,10 +29,20 @@ FLOAT_PATTERN = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)")
 EXPECT_PATTERN = re.compile(r"^\s*(>=|<=|>|<|==)\s*(-?[0-9.eE+-]+)\s*$")
 
 
+UNSET_VARIABLE = re.compile(r"\$(\w+)|\$\{(\w+)\}")
+
+
 def expand_path(value: Any) -> Any:
-    """`~` and `$VAR` in a path field, expanded once when the recipe is validated: every writer and reader
-    (checkpoints, TensorBoard, the final model, the data loader) then sees the same folder."""
-    return os.path.expandvars(os.path.expanduser(value)) if isinstance(value, str) else value
+    """`~` and `$VAR` in a path field, expanded once when the recipe is validated, and `a/b/..` folded to `a`:
+    every writer and reader (checkpoints, TensorBoard, the final model, the data loader, the safety checks)
+    then sees the same folder."""
+    if not isinstance(value, str) or not value.strip():
+        return value
+    expanded = os.path.expandvars(os.path.expanduser(value))
+    unset = UNSET_VARIABLE.search(expanded)
+    if unset:
+        raise ValueError(f"environment variable `{unset.group(1) or unset.group(2)}` is not set")
+    return os.path.normpath(expanded) if "/" in expanded or expanded in (".", "..") else expanded
 
 
 class Section(BaseModel):
@@ -140,6 +150,22 @@ class DataSection(Section):
         return self
 
 
+class EarlyStoppingSection(Section):
+    """llmkit's own key inside `training:` (never passed to TrainingArguments): stop when the eval metric
+    has not improved for `patience` evaluations, and keep the best checkpoint."""
+
+    patience: int = Field(ge=1, description="Evaluations without improvement before training stops.")
+    metric: str = Field("eval_loss", description="Eval metric as logged (eval_loss, eval_accuracy, ...).")
+    threshold: float = Field(0.0, ge=0, description="Smallest change that counts as an improvement.")
+
+    @field_validator("metric")
+    @classmethod
+    def _an_eval_metric(cls, value: str) -> str:
+        if not value.startswith("eval_"):
+            raise ValueError(f"name an eval metric as the Trainer logs it, e.g. eval_loss or eval_accuracy ({value!r})")
+        return value
+
+
 class TrainingSection(BaseModel):
     """Hugging Face `TrainingArguments` fields; the common ones are typed here, the rest are checked by name."""
 
@@ -147,7 +173,15 @@ class TrainingSection(BaseModel):
 
     output_dir: str = Field(description="Run folder: model, checkpoints, metrics, logs.")
     num_train_epochs: float = Field(3.0, gt=0)
-    max_steps: int = Field(-1, ge=-1)
+    max_steps: int = Field(-1, ge=-1, description="Optimizer steps; -1: num_train_epochs decides.")
+
+    @field_validator("max_steps")
+    @classmethod
+    def _steps_to_take(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("0 steps trains nothing: give a positive number, or -1 to train num_train_epochs")
+        return value
+
     # Above 1e3 no optimizer converges: such a value is a typo (1e30, .inf), not a choice.
     learning_rate: float = Field(5e-5, gt=0, le=1e3, allow_inf_nan=False)
     per_device_train_batch_size: int = Field(8, ge=1)
@@ -157,6 +191,9 @@ class TrainingSection(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     seed: int = Field(42, ge=0)
     logging_steps: float = Field(10, gt=0)
+    early_stopping: EarlyStoppingSection | None = Field(
+        None, description="Stop when the eval metric stops improving: {patience: N, metric: eval_loss}."
+    )
 
     expand_paths = field_validator("output_dir", mode="before")(expand_path)
 
@@ -195,8 +232,8 @@ class TrainingSection(BaseModel):
         return self
 
     def arguments(self) -> dict[str, Any]:
-        """Everything set here, as TrainingArguments keyword arguments."""
-        return self.model_dump()
+        """Everything set here, as TrainingArguments keyword arguments (llmkit's own keys left out)."""
+        return self.model_dump(exclude={"early_stopping"})
 
 
 class PeftSection(Section):
@@ -219,6 +256,59 @@ class GenerationSection(Section):
     batch_size: int = Field(16, ge=1, description="Prompts generated together (left-padded).")
 
 
+class TuneRange(Section):
+    """A numeric search range; ints when both bounds are whole numbers and the field is an int."""
+
+    low: int | float
+    high: int | float
+    log: bool = Field(False, description="Sample on a log scale (learning rates).")
+    step: int | float | None = Field(None, gt=0, description="Quantize to multiples of this step.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TuneRange:
+        if not self.low < self.high:
+            raise ValueError(f"`low` ({self.low}) must be less than `high` ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("`log: true` needs `low` > 0")
+        return self
+
+
+class TunePrunerSection(Section):
+    kind: Literal["median", "none"] = Field("median", description="median: stop trials below the running median.")
+    startup_trials: int = Field(2, ge=0, description="Trials that always run to the end before pruning starts.")
+    warmup_steps: int = Field(0, ge=0, description="Steps of a trial before it may be pruned.")
+
+
+class TuneSection(Section):
+    """`llmkit tune`: what to optimise and over which recipe fields (pretrain/finetune ignore it)."""
+
+    metric: str = Field("eval_loss", description="Final eval metric to optimise (eval_loss, eval_accuracy, ...).")
+    direction: Literal["minimize", "maximize"] | None = Field(
+        None, description="Unset: minimize for losses and perplexity, maximize for anything else."
+    )
+    space: dict[str, TuneRange | list[Any]] = Field(
+        min_length=1, description="Dotted recipe field → {low, high, log} or a list of choices."
+    )
+    pruner: TunePrunerSection = Field(default_factory=TunePrunerSection)
+    output_dir: str | None = Field(None, description="Study and trial runs (default: <training.output_dir>-tune).")
+
+    expand_paths = field_validator("output_dir", mode="before")(expand_path)
+
+    @field_validator("space")
+    @classmethod
+    def _choices_not_empty(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for path, choices in value.items():
+            if isinstance(choices, list) and not choices:
+                raise ValueError(f"`{path}`: the list of choices is empty")
+        return value
+
+    @property
+    def goal(self) -> Literal["minimize", "maximize"]:
+        if self.direction is not None:
+            return self.direction
+        return "minimize" if self.metric.endswith(("loss", "perplexity")) else "maximize"
+
+
 class Recipe(Section):
     task: TaskName
     model: ModelSection
@@ -228,6 +318,7 @@ class Recipe(Section):
     peft: PeftSection | None = None
     generation: GenerationSection = Field(default_factory=GenerationSection)
     expect: dict[str, str] = Field(default_factory=dict, description='Metric bars, e.g. {eval_accuracy: ">= 0.8"}.')
+    tune: TuneSection | None = Field(None, description="Search space for `llmkit tune`; training ignores it.")
     #: the recipe file and the files it extends (set by `load_recipe`): a run never deletes them
     _sources: tuple[Path, ...] = PrivateAttr(default=())
     _defaults_applied: tuple[str, ...] = PrivateAttr(default=())
@@ -330,7 +421,8 @@ def _reporting_problem(value: Any) -> str | None:
         if name not in known:
             return f"unknown integration `{name}`{did_you_mean(name, known) or ' (known: ' + ', '.join(known) + ')'}"
         if name not in ("all", "none", "flyte") and name not in available:
-            return f"`{name}` is not installed (pip install {name.replace('_', '-')})"
+            package = f"'llmkit[{name}]'" if name in ("mlflow", "wandb") else name.replace("_", "-")
+            return f"`{name}` is not installed (pip install {package})"
     return None
 
 

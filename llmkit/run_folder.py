@@ -40,8 +40,25 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def marker_kind(path: Path) -> str | None:
+    """The kind of folder llmkit wrote here (`run`, `merge`, `export`), from its marker; None when the marker
+    is missing or is not one llmkit wrote (an empty or foreign `.llmkit` file does not count)."""
+    try:
+        marker = json.loads((path / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(marker, dict) or marker.get("written_by") != "llmkit":
+        return None
+    kind = marker.get("kind")
+    return kind if isinstance(kind, str) else None
+
+
 def is_llmkit_folder(path: Path) -> bool:
-    return (path / MARKER).is_file()
+    return marker_kind(path) is not None
+
+
+#: the folders llmkit keeps beside a target while it replaces it
+SIDE_FOLDERS = (".llmkit-staging", ".llmkit-previous")
 
 
 def is_model_folder(path: Path) -> bool:
@@ -65,23 +82,29 @@ def local_inputs(recipe: Recipe) -> list[tuple[str, Path]]:
     return inputs
 
 
-def refuse_to_replace(path: Path, protected: Iterable[tuple[str, Path]], option: str = "--overwrite") -> None:
+def refuse_to_replace(
+    path: Path, protected: Iterable[tuple[str, Path]], kind: str = "run", field_name: str = "`training.output_dir`"
+) -> None:
     """Why `path` may not be replaced, as a one-line error; returns when it may."""
+    option = "--overwrite"
     target = path.resolve()
     cwd = Path.cwd().resolve()
     if _inside(cwd, target):
         where = "the working folder" if target == cwd else f"an ancestor of the working folder ({cwd})"
-        raise LlmkitError(f"{option} refuses {path}: it is {where}; choose another `training.output_dir`")
+        raise LlmkitError(f"{option} refuses {path}: it is {where}; choose another {field_name}")
     if target == Path.home().resolve() or target.parent == target:
         raise LlmkitError(f"{option} refuses {path}: it is the {'home' if target.parent != target else 'root'} folder")
     for name, item in protected:
         if _inside(item.resolve(), target):
             raise LlmkitError(f"{option} refuses {path}: it holds {name} ({item}); choose another output folder")
-    if not is_llmkit_folder(path):
+    found = marker_kind(path)
+    if found is None:
         raise LlmkitError(
             f"{option} refuses {path}: llmkit did not write it (no {MARKER} marker); "
             "move or delete it yourself, or choose another output folder"
         )
+    if found != kind:
+        raise LlmkitError(f"{option} refuses {path}: it holds an llmkit {found} folder, not a {kind} folder")
 
 
 def _is_empty(path: Path) -> bool:
@@ -89,8 +112,16 @@ def _is_empty(path: Path) -> bool:
 
 
 def _check_writable(path: Path, field_name: str) -> None:
+    if path.is_symlink() and not path.exists():
+        raise LlmkitError(f"{field_name}: {path} is a symbolic link to nothing ({os.readlink(path)})")
+    if path.name.endswith(SIDE_FOLDERS):
+        raise LlmkitError(f"{field_name}: {path} is a folder llmkit keeps beside a run while replacing it")
     if path.exists() and not path.is_dir():
         raise LlmkitError(f"{field_name}: {path} exists and is not a folder")
+    if path.is_dir():  # test it without writing into it: a refused command leaves the folder as it was
+        if not os.access(path, os.W_OK):
+            raise LlmkitError(f"{field_name}: {path} is not writable")
+        return
     existing = path.absolute()
     while not existing.exists():
         existing = existing.parent
@@ -129,6 +160,7 @@ class RunFolder:
     ) -> RunFolder:
         """Check that a run may write `target` (nothing is written yet)."""
         field_name = "recipe field `training.output_dir`"
+        target = Path(os.path.normpath(target))
         if overwrite and resume:
             raise LlmkitError("--resume continues the run in the output folder; --overwrite replaces it: pick one")
         _check_writable(target, field_name)
@@ -147,13 +179,18 @@ class RunFolder:
 
     @classmethod
     def for_output(cls, target: Path, overwrite: bool, protected: Iterable[tuple[str, Path]], kind: str) -> RunFolder:
-        """A folder written in one go (`merge`): staged, then moved in place."""
+        """A folder written in one go (`merge`, `export`): staged, then moved in place. It may not lie inside
+        one of the inputs (a later `--overwrite` of that input would take it along)."""
+        target = Path(os.path.normpath(target))
+        for name, item in protected:
+            if item.is_dir() and item.resolve() in target.resolve().parents:
+                raise LlmkitError(f"OUT_DIR {target} lies inside {name} ({item}); choose a folder outside it")
         _check_writable(target, "OUT_DIR")
         check_unlocked(target)
         if target.is_dir() and not _is_empty(target):
             if not overwrite:
                 raise LlmkitError(f"output folder {target} is not empty: pass --overwrite to replace it")
-            refuse_to_replace(target, protected)
+            refuse_to_replace(target, protected, kind, "OUT_DIR")
         return cls(target, staging_path(target), kind)
 
     @property
@@ -311,7 +348,7 @@ def take_lock(target: Path) -> IO[str]:
             "wait for it to finish or choose another `training.output_dir`"
         )
     if stale is not None:
-        print(f"note: took over the lock on {target} left by pid {stale}, which is no longer running", file=sys.stderr)
+        print(f"note: took over the lock on {target} left by pid {stale}, which no longer holds it", file=sys.stderr)
     handle.seek(0)
     handle.truncate()
     handle.write(f"{os.getpid()}\n")

@@ -49,7 +49,9 @@ def training_arguments(recipe: Recipe, **overrides: Any) -> TrainingArguments:
     """The recipe's `training:` section as TrainingArguments (Seq2Seq's superset, valid for every Trainer)."""
     from transformers import Seq2SeqTrainingArguments
 
-    chosen = {**recipe.training.arguments(), **overrides}
+    from llmkit import early_stopping
+
+    chosen = early_stopping.arguments(recipe, {**recipe.training.arguments(), **overrides})
     kwargs = {**default_arguments(), **chosen}
     if chosen.get("fp16") and "bf16" not in chosen:
         kwargs["bf16"] = False
@@ -80,6 +82,7 @@ OPTIMIZER_PACKAGES = {
     "stable_adamw": "torch_optimi",
     "adamw_torch_4bit": "torchao",
     "adamw_torch_8bit": "torchao",
+    "adamw_anyprecision": "torchdistx",
 }
 
 
@@ -113,22 +116,30 @@ def argument_message(err: BaseException) -> str:
 class DivergenceGuard:
     """Stops training at the first step whose loss is not finite, whatever `logging_steps` is.
 
-    A forward hook flags a non-finite training loss on the device (no sync per micro-batch); the callback
-    reads the flag once per optimizer step (reduced across processes, so all stop at the same step) and
-    stops before that step is checkpointed."""
+    Each training step's loss (the one the Trainer backpropagates, whoever computed it: the model or a task's
+    loss function) is flagged on the device when not finite (no sync per micro-batch); the callback reads the
+    flag once per optimizer step (reduced across processes, so all stop at the same step) and stops before
+    that step is checkpointed."""
 
     def __init__(self) -> None:
         self.diverged_at: int | None = None
         self._flag: Any = None
 
-    def watch(self, model: Any) -> None:
-        model.register_forward_hook(self._inspect)
+    def watch(self, trainer: Any) -> None:
+        """Wrap this trainer's `training_step` (an instance attribute: nothing else changes)."""
+        step = trainer.training_step
 
-    def _inspect(self, module: Any, inputs: Any, output: Any) -> None:
+        def checked_step(*args: Any, **kwargs: Any) -> Any:
+            loss = step(*args, **kwargs)
+            self._inspect(loss)
+            return loss
+
+        trainer.training_step = checked_step
+
+    def _inspect(self, loss: Any) -> None:
         import torch
 
-        loss = getattr(output, "loss", None) if not isinstance(output, dict) else output.get("loss")
-        if module.training and isinstance(loss, torch.Tensor):
+        if isinstance(loss, torch.Tensor):
             bad = ~torch.isfinite(loss.detach()).all()
             self._flag = bad if self._flag is None else self._flag | bad
 
@@ -301,6 +312,20 @@ def check_checkpoint(path: Path) -> None:
     if not any(path.glob("rng_state*.pth")):
         raise LlmkitError(f"--resume {path}: rng_state.pth is missing (the run could not continue exactly)")
     check_weights(path, "--resume")
+    for saved in sorted([*path.glob("*.pt"), *path.glob("*.pth")]):
+        if not whole_torch_file(saved):
+            raise LlmkitError(f"--resume {path}: {saved.name} is truncated or damaged")
+
+
+def whole_torch_file(path: Path) -> bool:
+    """torch.save writes a zip archive: every member's checksum must hold (a cut-off copy fails here)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        return False
 
 
 class StopOnSignal:
@@ -330,6 +355,18 @@ class StopOnSignal:
         if number == signal.SIGINT and self.signal == signal.SIGINT and "LOCAL_RANK" not in os.environ:
             raise KeyboardInterrupt
         self.signal = number
+
+    def raise_if_signalled(self, folder: Any) -> None:
+        """A signal that came after the last step: stop before the run is saved or swapped in."""
+        from llmkit.errors import Interrupted
+
+        if self.signal is not None:
+            kept = f"the previous run in {folder.target} is untouched" if folder.replacing else "checkpoints are kept"
+            raise Interrupted(
+                f"stopped after training, before the final save; {kept} (run it again to finish)",
+                signal_number=self.signal,
+                resumable=False,
+            )
 
     def callback(self) -> Any:
         from transformers import TrainerCallback

@@ -200,6 +200,7 @@ CASES: list[tuple[str, Build, tuple[str, ...]]] = [
     ("learning-rate-infinite", change(("training.learning_rate", float("inf"))), ("training.learning_rate", "finite")),
     ("learning-rate-absurd", change(("training.learning_rate", 1e30)), ("training.learning_rate", "1000")),
     ("output-dir-empty", change(("training.output_dir", "")), ("training.output_dir", "must name a folder")),
+    ("max-steps-zero", change(("training.max_steps", 0)), ("training.max_steps", "trains nothing")),
     (
         "deepspeed-not-installed",
         change(("training.deepspeed", {"zero_optimization": {"stage": 2}})),
@@ -215,7 +216,7 @@ CASES: list[tuple[str, Build, tuple[str, ...]]] = [
         change(("training.optim", "adamw_bnb_8bit")),
         ("training.optim", "pip install bitsandbytes"),
     ),
-    ("wandb-not-installed", change(("training.report_to", "wandb")), ("training.report_to", "pip install wandb")),
+    ("comet-not-installed", change(("training.report_to", "comet_ml")), ("training.report_to", "pip install comet-ml")),
     ("neptune-not-installed", change(("training.report_to", ["tensorboard", "neptune"])), ("pip install neptune",)),
     ("negative-learning-rate", change(("training.learning_rate", -1e-4)), ("training.learning_rate", "greater than 0")),
     ("learning-rate-not-number", change(("training.learning_rate", "fast")), ("training.learning_rate", "'fast'")),
@@ -452,7 +453,7 @@ def test_overwrite_with_a_bad_recipe_keeps_the_previous_run(ws: Path, tmp_path: 
     """--overwrite empties the folder only once everything has validated."""
     output = tmp_path / "out"
     output.mkdir()
-    (output / ".llmkit").write_text('{"written_by": "llmkit"}\n')  # an earlier llmkit run
+    (output / ".llmkit").write_text('{"written_by": "llmkit", "kind": "run"}\n')  # an earlier llmkit run
     (output / "model.safetensors").write_bytes(b"an earlier run's weights")
     before = snapshot(output)
     content = clm_recipe(ws / "sentences.csv", output)

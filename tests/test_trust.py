@@ -24,6 +24,8 @@ from tiny_recipe import clm_recipe, invoke, one_thread, snapshot, write_corpus, 
 
 from llmkit.run_folder import LOCK, MARKER
 
+LLMKIT_MARKER = '{"written_by": "llmkit", "kind": "run"}\n'  # what a real run folder holds
+
 
 @pytest.fixture(scope="module", autouse=True)
 def single_thread() -> Iterator[None]:
@@ -80,7 +82,7 @@ def recipe_with(workspace: Path, name: str = "r.yaml", **changes: Any) -> Path:
 
 
 def test_overwrite_refuses_the_working_folder_even_when_marked(workspace: Path, monkeypatch) -> None:
-    (workspace / MARKER).write_text("{}")  # even a folder that looks like a run
+    (workspace / MARKER).write_text(LLMKIT_MARKER)  # even a folder that looks like a run
     recipe = recipe_with(workspace, training__output_dir=".")
     before = snapshot(workspace)
     monkeypatch.chdir(workspace)
@@ -89,7 +91,7 @@ def test_overwrite_refuses_the_working_folder_even_when_marked(workspace: Path, 
 
 
 def test_overwrite_refuses_an_ancestor_of_the_working_folder(workspace: Path, monkeypatch) -> None:
-    (workspace / MARKER).write_text("{}")
+    (workspace / MARKER).write_text(LLMKIT_MARKER)
     recipe = recipe_with(workspace, training__output_dir=str(workspace))
     before = snapshot(workspace)
     monkeypatch.chdir(workspace / "data")
@@ -101,7 +103,7 @@ def test_overwrite_refuses_an_ancestor_of_the_working_folder(workspace: Path, mo
 def test_overwrite_refuses_a_folder_holding_an_input(workspace: Path, what: str) -> None:
     """Even an llmkit run folder is refused when the run reads from it (a continued run into its base)."""
     run = workspace / "run"
-    (workspace / "data" / MARKER).write_text("{}")
+    (workspace / "data" / MARKER).write_text(LLMKIT_MARKER)
     content = tiny(workspace / "data" / "train.txt", run)
     if what == "data":
         content["training"]["output_dir"] = str(workspace / "data")
@@ -130,7 +132,7 @@ def test_overwrite_refuses_a_folder_llmkit_did_not_write(workspace: Path) -> Non
 def test_overwrite_refuses_home_and_root(workspace: Path, monkeypatch) -> None:
     home = workspace / "home"
     home.mkdir()
-    (home / MARKER).write_text("{}")
+    (home / MARKER).write_text(LLMKIT_MARKER)
     (home / ".bashrc").write_text("export PATH\n")
     monkeypatch.setenv("HOME", str(home))
     at_home, at_root = (
@@ -391,3 +393,78 @@ def test_the_same_wordpiece_recipe_and_seed_give_identical_tokenizer_and_weights
             {f: hashlib.sha256((output / f).read_bytes()).hexdigest() for f in ("tokenizer.json", "model.safetensors")}
         )
     assert digests[0] == digests[1]
+
+
+# ----------------------------------------------------------------------------- found by an outside tester
+
+
+@pytest.mark.parametrize("args", [[], ["--overwrite"]])
+def test_a_path_through_a_missing_folder_and_dotdot_is_the_folder_itself(workspace: Path, args: list[str]) -> None:
+    mine = workspace / "userdir"
+    mine.mkdir()
+    (mine / "config.json").write_text("mine")
+    recipe = recipe_with(workspace, training__output_dir=str(mine / "nx" / ".."))
+    before = snapshot(workspace)
+    assert_refused(invoke("pretrain", recipe, *args), str(mine))
+    assert snapshot(workspace) == before and not (mine / "nx").exists()
+
+
+@pytest.mark.parametrize("marker", ["", "garbage{", '{"written_by": "llmkit", "kind": "merge"}'])
+def test_a_marker_llmkit_did_not_write_for_a_run_does_not_count(workspace: Path, marker: str) -> None:
+    mine = workspace / "mine"
+    mine.mkdir()
+    (mine / MARKER).write_text(marker)
+    (mine / "thesis.tex").write_text("two years")
+    recipe = recipe_with(workspace, training__output_dir=str(mine))
+    before = snapshot(workspace)
+    assert_refused(invoke("pretrain", recipe, "--overwrite"), "refuses")
+    assert snapshot(workspace) == before
+
+
+def test_llmkit_side_folders_dangling_links_and_unset_variables_are_refused(workspace: Path) -> None:
+    (workspace / "dangling").symlink_to(workspace / "nowhere" / "deep")
+    cases = {
+        str(workspace / ".run.llmkit-staging"): "keeps beside a run",
+        str(workspace / "dangling"): "symbolic link to nothing",
+        "$LLMKIT_TEST_NOPE/run": "LLMKIT_TEST_NOPE",
+    }
+    for index, (output, needle) in enumerate(cases.items()):
+        recipe = recipe_with(workspace, f"r{index}.yaml", training__output_dir=output)
+        before = snapshot(workspace)
+        assert_refused(invoke("pretrain", recipe, "--overwrite"), needle)
+        assert snapshot(workspace) == before
+
+
+def test_a_signal_after_the_last_step_stops_before_the_swap(workspace: Path, monkeypatch) -> None:
+    from llmkit.trainer import StopOnSignal
+
+    def signalled(self: StopOnSignal) -> None:
+        self.signal = signal.SIGTERM  # arrived too late for the per-step check
+
+    monkeypatch.setattr(StopOnSignal, "install", signalled)
+    monkeypatch.setattr(StopOnSignal, "requested", lambda self, args: False)  # after the last step's check
+    before = snapshot(workspace / "run")
+    result = invoke("pretrain", recipe_with(workspace), "--overwrite")
+    assert result.exit_code == 143, result.stderr[-2000:]
+    assert "stopped after training" in result.stderr and "untouched" in result.stderr
+    assert snapshot(workspace / "run") == before
+
+
+def test_a_truncated_optimizer_state_is_refused_by_resume(workspace: Path) -> None:
+    checkpoint = workspace / "run" / "checkpoint-2"
+    state = checkpoint / "optimizer.pt"
+    state.write_bytes(state.read_bytes()[:1000])
+    before = snapshot(workspace / "run")
+    assert_refused(invoke("pretrain", recipe_with(workspace), "--resume", str(checkpoint)), "optimizer.pt", "damaged")
+    assert snapshot(workspace / "run") == before
+
+
+def test_merge_refuses_a_folder_inside_the_adapter_run(workspace: Path, lora_run: Path) -> None:
+    assert_refused(invoke("merge", lora_run, lora_run / "sub"), "inside the adapter run")
+    assert not (lora_run / "sub").exists()
+
+
+def test_predict_refuses_an_empty_text_in_a_file(workspace: Path) -> None:
+    inputs = workspace / "in.jsonl"
+    inputs.write_text('{"text": "the cat"}\n{"text": ""}\n')
+    assert_refused(invoke("predict", workspace / "run", "--file", inputs), "input 2 has an empty `text`")

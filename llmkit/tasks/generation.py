@@ -89,6 +89,7 @@ def fit_prompts(model: PreTrainedModel, prompts: list[list[int]], max_new_tokens
 
     from llmkit.errors import LlmkitError
     from llmkit.models import max_positions
+    from llmkit.tasks.shards import process_group
 
     positions = None if getattr(model.config, "is_encoder_decoder", False) else max_positions(model.config)
     if positions is None:
@@ -100,7 +101,7 @@ def fit_prompts(model: PreTrainedModel, prompts: list[list[int]], max_new_tokens
             f"model's {positions} positions"
         )
     cut = sum(len(prompt) > room for prompt in prompts)
-    if cut:
+    if cut and process_group()[0] == 0:  # every process of a run sees all prompts; one says so
         print(
             f"note: {cut} prompt(s) longer than {room} tokens were cut from the left to leave room for "
             f"{max_new_tokens} new tokens in the model's {positions} positions",

@@ -244,7 +244,9 @@ class PromptToTarget(Task):
 
         bodies, tails = self.prompt_parts(batch)
         prompts = self.encoder(recipe, tokenizer).prompts(bodies, tails)
-        return generate(model, tokenizer, prompts, recipe.generation, across_processes=across_processes)
+        if across_processes:
+            return generate(model, tokenizer, prompts, recipe.generation, across_processes=True)
+        return generate(model, tokenizer, prompts, recipe.generation)
 
     def evaluate(
         self, trainer: Trainer, prepared: Prepared, recipe: Recipe, tokenizer: PreTrainedTokenizerBase
