@@ -53,7 +53,15 @@ def read_inputs(run_dir: Path, texts: list[str], file: Path | None) -> list[dict
 def parse(content: str, suffix: str, file: Path) -> list[dict[str, Any]]:
     if suffix in (".csv", ".tsv"):
         reader = csv.DictReader(io.StringIO(content), delimiter="\t" if suffix == ".tsv" else ",")
-        return [dict(row) for row in reader]
+        rows = []
+        for row in reader:
+            if None in row or None in row.values():  # more or fewer cells than the header names
+                raise LlmkitError(
+                    f"--file {file}: line {reader.line_num} does not have the header's {len(reader.fieldnames or [])} "
+                    "fields (quote a text that holds the delimiter)"
+                )
+            rows.append(dict(row))
+        return rows
     if suffix == ".jsonl":
         rows = []
         for number, line in enumerate(content.splitlines(), 1):

@@ -8,7 +8,6 @@ import csv
 import json
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -67,14 +66,14 @@ def test_the_console_is_one_clean_line_per_logging_step_off_a_terminal(classifie
     assert not output.startswith("\n"), "stray blank lines before the first message"
 
 
-def test_loading_a_checkpoint_for_a_new_head_says_so_in_one_line(classifier: dict[str, Any], tmp_path: Path) -> None:
+def test_a_checkpoint_with_its_own_head_loads_without_a_report(classifier: dict[str, Any], tmp_path: Path) -> None:
     content = classifier_recipe(tmp_path / "again", training__max_steps=2)
     content["model"] = {"name_or_path": str(classifier["run"])}
     content["tokenizer"] = {}
     content["data"]["train"] = str(REVIEWS / "reviews-train.jsonl")
     result = invoke("finetune", write_recipe(tmp_path / "r.yaml", content))
     assert result.exit_code == 0, result.stderr[-2000:]
-    assert "LOAD REPORT" not in result.output
+    assert "LOAD REPORT" not in result.output and "new weights" not in result.output  # nothing was missing
 
 
 def test_verbose_leaves_the_libraries_alone(monkeypatch) -> None:
@@ -278,4 +277,10 @@ def test_make_test_and_quickstart_install_what_is_missing_first() -> None:
         assert plan.returncode == 0, plan.stderr
         assert "-m venv /nonexistent/venv" in plan.stdout and "pip install" in plan.stdout
         assert plan.stdout.index("pip install") < plan.stdout.index("pytest" if target == "test" else "llmkit pretrain")
-    assert sys.executable  # the suite itself runs in the installed environment
+
+
+def test_predict_refuses_a_csv_row_that_does_not_match_its_header(classifier: dict[str, Any], tmp_path: Path) -> None:
+    table = tmp_path / "ragged.csv"
+    table.write_text("text,label\nfine film,positive\nloved it, truly,positive\n")
+    result = invoke("predict", classifier["run"], "--file", table)
+    assert result.exit_code == 2 and "line 3 does not have the header's 2 fields" in result.stderr
