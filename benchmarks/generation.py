@@ -59,7 +59,7 @@ def one_by_one(model: Any, tokenizer: Any, prompts: list[list[int]], settings: A
     """The baseline: each prompt alone through `model.generate`, same greedy options."""
     import torch
 
-    from llmkit.tasks.generation import generation_options
+    from llmkit.tasks.mechanisms.generation import generation_options
 
     options = generation_options(settings)
     model.eval()
@@ -75,7 +75,7 @@ def one_by_one(model: Any, tokenizer: Any, prompts: list[list[int]], settings: A
 
 
 def run(quick: bool) -> list[Result]:
-    from llmkit.tasks.generation import generate
+    from llmkit.tasks.mechanisms.generation import generate
 
     count, new_tokens = (32, 24) if quick else (96, 64)
     recipe, model, tokenizer, prompts, corpus = setup(count, new_tokens)

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 #: rows per split whose raw text is tokenized for the length statistics (enough for a stable p95)
 LENGTH_SAMPLE = 20_000
 LORA_LOW_LEARNING_RATE = 1e-4
-LEARNED_OPEN, LEARNED_CLOSE = "[[", "]]"
 
 
 def planned_steps(recipe: Recipe, train_rows: int, world_size: int = 1) -> int:
@@ -104,68 +103,21 @@ def text_lengths(
 def examples(
     features: Dataset,
     collator: Callable[[list[dict]], Any],
-    tokenizer: PreTrainedTokenizerBase,
-    id2label: dict[int, str] | None = None,
+    render: Callable[[dict[str, Any], int], str],
     count: int = 3,
     limit: int = 600,
 ) -> list[str]:
     """The first training examples as the model receives them (after the task's collator, so MLM masking and
-    label padding are applied), decoded, with the tokens that carry a loss inside [[ ]]."""
+    label padding are applied), rendered by the task with what carries a loss inside [[ ]]."""
     rows = [dict(features[index]) for index in range(min(count, len(features)))]
     if not rows:
         return []
     batch = {key: value.tolist() if hasattr(value, "tolist") else value for key, value in collator(rows).items()}
     rendered = []
     for index in range(len(rows)):
-        ids = batch["input_ids"][index]
-        real = batch.get("attention_mask", [[1] * len(ids)] * len(rows))[index]
-        kept = [position for position, mask in enumerate(real) if mask]
-        text = _render(batch, index, kept, tokenizer, id2label or {})
+        text = render(batch, index)
         rendered.append(text if len(text) <= limit else text[:limit] + "…")
     return rendered
-
-
-def _render(
-    batch: dict[str, Any], index: int, kept: list[int], tokenizer: PreTrainedTokenizerBase, id2label: dict[int, str]
-) -> str:
-    ids = [batch["input_ids"][index][p] for p in kept]
-    labels = batch["labels"][index] if "labels" in batch else None
-    if "start_positions" in batch:  # extractive QA: the answer span inside the window
-        start, end = batch["start_positions"][index], batch["end_positions"][index]
-        if start == end == 0:
-            return tokenizer.decode(ids) + "  → no answer in this window"
-        marks = [start <= p <= end for p in kept]
-        return _marked(ids, ids, marks, tokenizer)
-    if isinstance(labels, list) and len(labels) == len(batch["input_ids"][index]):  # token-level labels
-        labels = [labels[p] for p in kept]
-        shown = [label if label != -100 else token for token, label in zip(ids, labels, strict=True)]
-        return _marked(ids, shown, [label != -100 for label in labels], tokenizer)
-    if isinstance(labels, list):  # encoder-decoder: the target is a separate sequence
-        target = tokenizer.decode([t for t in labels if t != -100], skip_special_tokens=True)
-        return f"{tokenizer.decode(ids)}  → {LEARNED_OPEN}{target}{LEARNED_CLOSE}"
-    if labels is not None:  # one label per example
-        name = id2label.get(int(labels), labels) if isinstance(labels, int) else labels
-        return f"{tokenizer.decode(ids)}  → label {LEARNED_OPEN}{name}{LEARNED_CLOSE}"
-    return tokenizer.decode(ids)
-
-
-def _marked(ids: list[int], shown: list[int], marks: list[bool], tokenizer: PreTrainedTokenizerBase) -> str:
-    """Decode with runs of marked tokens inside [[ ]]; a marked run shows what the model must produce (for MLM
-    the original tokens, not the masks). Prefixes are decoded whole so word-piece spacing stays right."""
-    sequence = [token if mark else original for original, token, mark in zip(ids, shown, marks, strict=True)]
-    pieces: list[str] = []
-    decoded_so_far, start = "", 0
-    for position in range(1, len(sequence) + 1):
-        if position == len(sequence) or marks[position] != marks[start]:
-            decoded = tokenizer.decode(sequence[:position])
-            text = (
-                decoded[len(decoded_so_far) :]
-                if decoded.startswith(decoded_so_far)
-                else tokenizer.decode(sequence[start:position])
-            )
-            pieces.append(f"{LEARNED_OPEN}{text}{LEARNED_CLOSE}" if marks[start] else text)
-            decoded_so_far, start = decoded, position
-    return "".join(pieces)
 
 
 def report(recipe: Recipe) -> None:
@@ -217,10 +169,11 @@ def report(recipe: Recipe) -> None:
 
     if prepared.train is not None:
         console.print("examples (tokens the model learns to predict are inside [[ ]]):", markup=False)
-        id2label = getattr(run.config, "id2label", None)
-        for index, text in enumerate(
-            examples(prepared.train, run.task.collator(recipe, run.tokenizer), run.tokenizer, id2label)
-        ):
+
+        def render(batch: dict[str, Any], index: int) -> str:
+            return run.task.render_example(batch, index, run.tokenizer, run.config)
+
+        for index, text in enumerate(examples(prepared.train, run.task.collator(recipe, run.tokenizer), render)):
             console.print(f"  {index}: {text!r}", markup=False, highlight=False)
         steps = planned_steps(recipe, len(prepared.train), args.world_size)
         console.print(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,51 +78,37 @@ def where_looked(path: Path) -> str:
     return hint
 
 
-def _json_layout(path: Path) -> tuple[str | None, bool]:
-    """(field holding the records, is nested SQuAD) for a .json file; JSON lines give (None, False)."""
+def _json_records_field(path: Path) -> str | None:
+    """`data` for a .json file holding `{"data": [records]}` (the HF example fixtures' layout), else None."""
     with path.open("rb") as handle:
         head = handle.read(1)
         while head.isspace():
             head = handle.read(1)
     if head != b"{" or path.suffix.lower() == ".jsonl":
-        return None, False
+        return None
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
-        return None, False  # JSON lines in a .json file
-    if isinstance(content, dict) and isinstance(content.get("data"), list):
-        first = content["data"][0] if content["data"] else {}
-        return "data", isinstance(first, dict) and "paragraphs" in first
-    return None, False
+        return None  # JSON lines in a .json file
+    return "data" if isinstance(content, dict) and isinstance(content.get("data"), list) else None
 
 
-def _flatten_squad(path: Path) -> list[dict[str, Any]]:
-    """The original nested SQuAD layout (data → paragraphs → qas) as one row per question."""
-    rows = []
-    for article in json.loads(path.read_text(encoding="utf-8"))["data"]:
-        for paragraph in article["paragraphs"]:
-            for qa in paragraph["qas"]:
-                answers = qa.get("answers", [])
-                rows.append(
-                    {
-                        "id": str(qa["id"]),
-                        "title": article.get("title", ""),
-                        "context": paragraph["context"],
-                        "question": qa["question"],
-                        "answers": {
-                            "text": [a["text"] for a in answers],
-                            "answer_start": [int(a["answer_start"]) for a in answers],
-                        },
-                    }
-                )
-    return rows
+#: a task's reader of its own file layouts: rows, or None when the file is an ordinary one
+Reader = Callable[[Path], "list[dict[str, Any]] | None"]
 
 
-def load_local(path: Path, field: str) -> Dataset:
-    """One local file or folder as a Dataset (datasets' own builders, so it is cached)."""
+def load_local(path: Path, field: str, reader: Reader | None = None) -> Dataset:
+    """One local file or folder as a Dataset (datasets' own builders, so it is cached), unless the task reads
+    the layout itself (`reader`)."""
     from datasets import Dataset, load_dataset
 
     files = _data_files(path, field)
+    own = reader(files[0]) if reader is not None else None
+    if own is not None:
+        rows = [*own, *(row for f in files[1:] for row in (reader(f) or []))]  # type: ignore[misc]
+        if not rows:
+            raise LlmkitError(f"recipe field `data.{field}`: {path} has no rows")
+        return Dataset.from_list(rows)
     suffix = files[0].suffix.lower()
     builder = BUILDERS[suffix]
     options: dict[str, Any] = {}
@@ -131,12 +117,8 @@ def load_local(path: Path, field: str) -> Dataset:
         options["quoting"] = 3  # csv.QUOTE_NONE: GLUE tsv files contain bare quotes
     if builder == "text":
         options["keep_linebreaks"] = True  # newlines are text a language model must learn
-    if builder == "json":
-        record_field, nested_squad = _json_layout(files[0])
-        if nested_squad:
-            return Dataset.from_list([row for f in files for row in _flatten_squad(f)])
-        if record_field:
-            options["field"] = record_field
+    if builder == "json" and _json_records_field(files[0]):
+        options["field"] = "data"
     try:
         with quiet_progress(), no_datasets_logs():
             dataset = load_dataset(builder, data_files=[str(f) for f in files], split="train", **options)
@@ -201,7 +183,7 @@ def load_hub(section: DataSection, split: str, field: str) -> Dataset:
         ) from None
 
 
-def load_raw(section: DataSection, with_train: bool = True) -> DatasetDict:
+def load_raw(section: DataSection, with_train: bool = True, reader: Reader | None = None) -> DatasetDict:
     """A DatasetDict with `train` and, when the recipe has one, `eval`.
 
     `with_train=False` (evaluating a trained run) skips reading the training data when the eval set
@@ -211,16 +193,16 @@ def load_raw(section: DataSection, with_train: bool = True) -> DatasetDict:
 
     local = is_local(section.train)
     if not with_train and section.eval is not None:
-        return DatasetDict({"eval": _first(_load_eval(section, local), section.max_eval_samples)})
+        return DatasetDict({"eval": _first(_load_eval(section, local, reader), section.max_eval_samples)})
     if section.train.startswith(BUILTIN_PREFIX):
         train = builtin_corpus(section.train.removeprefix(BUILTIN_PREFIX), "train")
     elif local:
-        train = load_local(Path(section.train), "train")
+        train = load_local(Path(section.train), "train", reader)
     else:
         train = load_hub(section, section.train_split, "train")
     splits = {"train": train}
     if section.eval is not None:
-        splits["eval"] = _load_eval(section, local)
+        splits["eval"] = _load_eval(section, local, reader)
     elif section.validation_split is not None:
         if len(train) < 2:
             raise LlmkitError("recipe field `data.validation_split`: the training data has fewer than 2 rows")
@@ -232,10 +214,10 @@ def load_raw(section: DataSection, with_train: bool = True) -> DatasetDict:
     return DatasetDict(splits)
 
 
-def _load_eval(section: DataSection, train_is_local: bool) -> Dataset:
+def _load_eval(section: DataSection, train_is_local: bool, reader: Reader | None) -> Dataset:
     """`data.eval`: a local file, or a split of the hub dataset named by `data.train`."""
     if train_is_local or is_local(str(section.eval)):
-        return load_local(Path(str(section.eval)), "eval")
+        return load_local(Path(str(section.eval)), "eval", reader)
     return load_hub(section, str(section.eval), "eval")
 
 
@@ -244,12 +226,13 @@ def _first(dataset: Dataset, limit: int | None) -> Dataset:
 
 
 def map_columns(
-    raw: DatasetDict, columns: dict[str, str], required: tuple[str, ...], optional: tuple[str, ...] = ()
+    raw: DatasetDict, columns: dict[str, str | list[str]], required: tuple[str, ...], optional: tuple[str, ...] = ()
 ) -> DatasetDict:
     """Rename dataset columns to task roles; a missing column is an error that lists what the data has.
 
-    A role not in `data.columns` defaults to a column of the same name; a single-role task (clm/mlm)
-    takes the only column there is.
+    A role not in `data.columns` defaults to a column of the same name; a single-role task (clm/mlm) takes
+    the only column there is; a role given a list of columns (`choices: [ending0, ending1]`) gets their
+    values as one list per row.
     """
     known = set(required) | set(optional)
     for role in columns:
@@ -257,44 +240,93 @@ def map_columns(
             raise LlmkitError(
                 f"recipe field `data.columns`: unknown role `{role}` for this task (roles: {', '.join(sorted(known))})"
             )
-    result = {}
-    for split, dataset in raw.items():
-        available = list(dataset.column_names)
-        mapping: dict[str, str] = {}
-        for role in (*required, *optional):
-            column = columns.get(role, role)
-            if column not in available:
-                if role in optional and role not in columns:
-                    continue
-                if role in columns or len(required) > 1 or len(available) > 1:
-                    raise LlmkitError(
-                        f"data column `{column}` (role `{role}`) not found in the {split} data; "
-                        f"columns are: {', '.join(available)} — set `data.columns.{role}`"
-                    )
-                column = available[0]
-            mapping[column] = role
-        dataset = dataset.select_columns(list(mapping))
-        renames = {column: role for column, role in mapping.items() if column != role}
-        result[split] = dataset.rename_columns(renames) if renames else dataset
-    return type(raw)(result)
+    return type(raw)({split: _roles_of(dataset, split, columns, required, optional) for split, dataset in raw.items()})
 
 
-def require_text(raw: DatasetDict, roles: tuple[str, ...], columns: dict[str, str]) -> None:
-    """Text roles must hold strings: numbers or mixed JSON values would otherwise fail deep inside the tokenizer."""
-    for split, dataset in raw.items():
-        for role in roles:
-            feature = dataset.features.get(role)
-            if feature is None:
-                continue
-            dtype = getattr(feature, "dtype", None)
-            if dtype not in ("string", "large_string"):
-                found = {"null": "only empty", None: type(feature).__name__}.get(dtype, dtype)
-                if found == "Json":
-                    found = "mixed-type JSON"
+def _roles_of(
+    dataset: Dataset,
+    split: str,
+    columns: dict[str, str | list[str]],
+    required: tuple[str, ...],
+    optional: tuple[str, ...],
+) -> Dataset:
+    available = list(dataset.column_names)
+    mapping: dict[str, str] = {}
+    gathered: dict[str, list[str]] = {}
+    for role in (*required, *optional):
+        column = columns.get(role, role)
+        if isinstance(column, list):
+            missing = [name for name in column if name not in available]
+            if missing:
                 raise LlmkitError(
-                    f"data column `{columns.get(role, role)}` (role `{role}`) must hold text, "
-                    f"but the {split} data has {found} values"
+                    f"data column `{missing[0]}` (role `{role}`) not found in the {split} data; "
+                    f"columns are: {', '.join(available)} — set `data.columns.{role}`"
                 )
+            gathered[role] = column
+            continue
+        if column not in available:
+            if role in optional and role not in columns:
+                continue
+            if role in columns or len(required) > 1 or len(available) > 1:
+                raise LlmkitError(
+                    f"data column `{column}` (role `{role}`) not found in the {split} data; "
+                    f"columns are: {', '.join(available)} — set `data.columns.{role}`"
+                )
+            column = available[0]
+        mapping[column] = role
+    if gathered:
+        dataset = dataset.map(
+            lambda row: {role: [row[name] for name in names] for role, names in gathered.items()},
+            desc=f"Gathering {split} columns",
+        )
+    dataset = dataset.select_columns([*mapping, *gathered])
+    renames = {column: role for column, role in mapping.items() if column != role}
+    return dataset.rename_columns(renames) if renames else dataset
+
+
+#: what a role's column may hold, by the kind a task gives the role: (element dtypes, "list" or "scalar")
+KINDS: dict[str, tuple[tuple[str, ...], str, str]] = {
+    "text": (("string", "large_string"), "scalar", "text"),
+    "tokens": (("string", "large_string"), "list", "a list of words"),
+    "choices": (("string", "large_string"), "list", "a list of texts"),
+    "tags": (("string", "large_string", "int64", "int32", "int16", "int8"), "list", "a list of labels"),
+}
+
+
+def check_roles(raw: DatasetDict, kinds: dict[str, str], columns: dict[str, str | list[str]]) -> None:
+    """Each role's column holds what its kind says (text, a list of words, ...): numbers or mixed JSON values
+    would otherwise fail deep inside the tokenizer. Kinds not in `KINDS` (labels, answers, messages) are
+    checked by their task."""
+    for split, dataset in raw.items():
+        for role, kind in kinds.items():
+            feature = dataset.features.get(role)
+            if feature is None or kind not in KINDS:
+                continue
+            dtypes, shape, words = KINDS[kind]
+            found = _holds(feature, shape)
+            if found not in dtypes:
+                column = columns.get(role, role)
+                named = ", ".join(column) if isinstance(column, list) else column
+                raise LlmkitError(
+                    f"data column `{named}` (role `{role}`) must hold {words}, but the {split} data has {found} values"
+                )
+
+
+def _holds(feature: Any, shape: str) -> str:
+    """The element dtype of a column, in words when it is not a plain value of the expected shape."""
+    inner = getattr(feature, "feature", None)
+    is_list = inner is not None and type(feature).__name__ in ("List", "Sequence", "LargeList")
+    if shape == "list" and not is_list:
+        return (getattr(feature, "dtype", None) and f"single {feature.dtype}") or type(feature).__name__
+    if shape == "scalar" and is_list:
+        return "list"
+    value = inner if shape == "list" else feature
+    dtype = getattr(value, "dtype", None)
+    if dtype == "null":
+        return "only empty"
+    if dtype is None:
+        return "mixed-type JSON" if type(value).__name__ == "Json" else type(value).__name__
+    return dtype
 
 
 def fingerprints(section: DataSection, raw: DatasetDict) -> dict[str, Any]:

@@ -57,18 +57,20 @@ def model_side(recipe: Recipe) -> tuple[Task, PretrainedConfig, Recipe]:
     task = TASKS[recipe.task].specialize(config, recipe)
     task.check_architecture(config, recipe)
     if recipe.model.from_config is not None:
-        check_buildable(task.auto_class(config), config)
+        check_buildable(task.auto_class(), config)
     return task, config, recipe
 
 
 def setup(recipe: Recipe, need_train: bool = True) -> Setup:
     """Probe everything the user gave us (data, columns, model config, tokenizer) without loading weights."""
-    from llmkit.data import load_raw, map_columns, require_text
+    from llmkit.data import check_roles, load_raw, map_columns
     from llmkit.models import load_tokenizer, train_tokenizer
 
     task, config, recipe = model_side(recipe)
-    raw = map_columns(load_raw(recipe.data, need_train), recipe.data.columns, task.roles, task.optional_roles)
-    require_text(raw, task.text_roles(), recipe.data.columns)
+    loaded = load_raw(recipe.data, need_train, task.read_file)
+    raw = map_columns(loaded, recipe.data.columns, task.roles, task.optional_roles)
+    kinds = {role: task.kind(role) for role in (*task.roles, *task.optional_roles)}
+    check_roles(raw, kinds, recipe.data.columns)
     if not need_train and "eval" not in raw:
         raise LlmkitError("the recipe has no eval data: set `data.eval` or `data.validation_split`")
     if recipe.tokenizer.train is not None:
@@ -100,7 +102,7 @@ def load_model(run: Setup) -> Any:
     adapter = Path(str(section.name_or_path)) if adapters.is_adapter_folder(section.name_or_path) else None
     if adapter is not None:
         section = section.model_copy(update={"name_or_path": adapter_base(adapter)})
-    model = build_model(run.task.auto_class(run.config), section, run.config, run.tokenizer)
+    model = build_model(run.task.auto_class(), section, run.config, run.tokenizer)
     return adapters.attach(model, adapter) if adapter is not None else model
 
 
@@ -327,7 +329,7 @@ def tokens_per_step(prepared: Prepared, args: Any) -> float | None:
 
 def mean_tokens(features: Any) -> float:
     """Real (unpadded) input tokens per training example: samples/s × this = tokens/s."""
-    from llmkit.tasks.packing import token_count
+    from llmkit.tasks.mechanisms.packing import token_count
 
     return token_count(features) / max(len(features), 1)
 

@@ -223,7 +223,7 @@ def build_trainer(
                 collator.on_epoch_begin(args, state, control)
 
         callbacks = [*(callbacks or []), EpochToCollator()]
-    trainer_class = task.trainer_class(model.config)
+    trainer_class = task.trainer_class()
     trainer = trainer_class(
         model=model,
         args=args,

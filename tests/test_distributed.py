@@ -315,7 +315,7 @@ def evaluation_outputs(across_processes: bool) -> dict[str, Any]:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from llmkit.recipe import GenerationSection, load_recipe
-    from llmkit.tasks.generation import generate
+    from llmkit.tasks.mechanisms.generation import generate
     from llmkit.tasks.qa import best_spans
 
     torch.manual_seed(0)

@@ -7,7 +7,14 @@ import sys
 
 import pytest
 
-from llmkit.metrics import classification_metrics, normalize_answer, regression_metrics, rouge, squad, token_f1
+from llmkit.tasks.mechanisms.scores import (
+    classification_metrics,
+    normalize_answer,
+    regression_metrics,
+    rouge,
+    squad,
+    token_f1,
+)
 
 # --------------------------------------------------------------------------- SQuAD
 
@@ -121,6 +128,9 @@ def test_regression_metrics() -> None:
 
 
 def test_metrics_module_imports_no_heavy_library() -> None:
-    code = "import sys, llmkit.metrics; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    code = (
+        "import sys, llmkit.tasks.mechanisms.scores; "
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert output.strip() == "[]"

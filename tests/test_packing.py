@@ -30,7 +30,7 @@ def recipe(tmp_path: Path, packing: bool = True):
 def test_packing_drops_at_most_one_partial_block(tmp_path: Path, tokenizer) -> None:
     from datasets import Dataset
 
-    from llmkit.tasks.packing import lm_features, token_count, tokenize_documents
+    from llmkit.tasks.mechanisms.packing import lm_features, token_count, tokenize_documents
 
     texts = [f"document number {i} " + "word " * (i % 37) for i in range(2500)]  # > 2 map batches of 1000
     dataset = Dataset.from_dict({"text": texts})
@@ -48,7 +48,7 @@ def test_packing_drops_at_most_one_partial_block(tmp_path: Path, tokenizer) -> N
 def test_unpacked_rows_are_truncated(tmp_path: Path, tokenizer) -> None:
     from datasets import Dataset
 
-    from llmkit.tasks.packing import lm_features
+    from llmkit.tasks.mechanisms.packing import lm_features
 
     dataset = Dataset.from_dict({"text": ["word " * 100, "short"]})
     features = lm_features(dataset, tokenizer, recipe(tmp_path, packing=False), "train", append_eos=False)

@@ -11,6 +11,7 @@ import pytest
 
 from llmkit.errors import LlmkitError
 from llmkit.recipe import load_recipe, recipe_from_mapping
+from llmkit.tasks import TASKS
 from tests.conftest import REPO
 from tests.tiny_recipe import invoke, one_thread, tiny_bert
 
@@ -142,7 +143,9 @@ def test_squad_fixture_flat_layout_loads(data_dir: Path) -> None:
     from llmkit.data import load_raw
     from llmkit.recipe import DataSection
 
-    raw = load_raw(DataSection(train=str(data_dir / "hf-example-fixtures/SQUAD/sample.json")))
+    raw = load_raw(
+        DataSection(train=str(data_dir / "hf-example-fixtures/SQUAD/sample.json")), reader=TASKS["qa"].read_file
+    )
     rows = raw["train"]
     assert len(rows) == 14 and sum(1 for a in rows["answers"] if not a["text"]) == 6
 

@@ -84,7 +84,7 @@ def test_long_document_is_cut_but_never_the_target_or_separator(tokenizer) -> No
 def test_generation_sees_exactly_the_training_prompt(tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
     from datasets import Dataset, DatasetDict
 
-    import llmkit.tasks.generation as generation
+    import llmkit.tasks.mechanisms.generation as generation
 
     recipe = gpt2_recipe()
     task = summarizer(recipe)
@@ -159,7 +159,7 @@ def test_gpt2_summarizer_meets_rouge_gates(gpt2_run: Path) -> None:
 
 
 def test_predictions_file_holds_one_summary_per_document(gpt2_run: Path) -> None:
-    from llmkit.metrics import rouge
+    from llmkit.tasks.mechanisms.scores import rouge
 
     records = [json.loads(line) for line in (gpt2_run / "predictions.jsonl").read_text().splitlines()]
     assert len(records) == len(COUNCIL_EVAL.read_text().splitlines())
@@ -186,7 +186,7 @@ def test_t5_summarizer_through_seq2seq_trainer(tmp_path: Path) -> None:
     recipe = load_recipe(
         REPO / "recipes/ci/tiny-t5-summarization.yaml", [f"training.output_dir={tmp_path / 'run'}", *DATA]
     )
-    assert summarizer(recipe).trainer_class(None).__name__ == "Seq2SeqTrainer"
+    assert summarizer(recipe).trainer_class().__name__ == "Seq2SeqTrainer"
     with one_thread():
         metrics = pipeline.train(recipe)
     assert metrics["eval_rouge1"] >= 40, metrics

@@ -14,10 +14,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from llmkit.errors import LlmkitError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from datasets import Dataset, DatasetDict
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase, Trainer
 
     from llmkit.recipe import Recipe
+    from llmkit.section import Section
 
 
 @dataclass
@@ -43,6 +46,10 @@ class Task:
     name: ClassVar[str]
     roles: ClassVar[tuple[str, ...]]
     optional_roles: ClassVar[tuple[str, ...]] = ()
+    #: what each role's column holds (text unless said otherwise): checked when the data loads, see `data.KINDS`
+    role_kinds: ClassVar[dict[str, str]] = {}
+    #: the task's own recipe section (`<task name>:`), a `Section` subclass; None: the task has no options
+    options_class: ClassVar[type[Section] | None] = None
     #: the training commands that run this task (`pretrain` is for the language-modelling objectives)
     commands: ClassVar[tuple[str, ...]] = ("finetune",)
     #: roles the model learns to produce: not needed as `predict` inputs (a given one is the `reference`)
@@ -75,7 +82,8 @@ class Task:
                 f"({recipe.model.name_or_path or 'model.from_config'}) has no {self.auto_class_name} head"
             )
 
-    def auto_class(self, config: PretrainedConfig) -> Any:
+    def auto_class(self) -> Any:
+        """The transformers Auto class of this task's model (`auto_class_name`)."""
         import transformers
 
         return getattr(transformers, self.auto_class_name)
@@ -84,9 +92,17 @@ class Task:
         """Config values that depend on the data (e.g. the label set); saved with the model."""
         return {}
 
+    def kind(self, role: str) -> str:
+        return self.role_kinds.get(role, "text")
+
     def text_roles(self) -> tuple[str, ...]:
-        """Columns whose text a tokenizer trained for this task learns from."""
-        return self.roles
+        """Columns whose text a tokenizer trained for this task learns from (and `check` measures)."""
+        return tuple(role for role in (*self.roles, *self.optional_roles) if self.kind(role) == "text")
+
+    def read_file(self, path: Path) -> list[dict[str, Any]] | None:
+        """Rows of a local file in a layout only this task reads (nested SQuAD JSON, CoNLL columns); None:
+        the file is read as any other (csv, json lines, ...)."""
+        return None
 
     # ------------------------------------------------------------------ data
 
@@ -103,7 +119,7 @@ class Task:
 
     # ------------------------------------------------------------------ training and evaluation
 
-    def trainer_class(self, config: PretrainedConfig) -> type[Trainer]:
+    def trainer_class(self) -> type[Trainer]:
         from transformers import Trainer
 
         return Trainer
@@ -120,6 +136,23 @@ class Task:
         """Default: the Trainer's own evaluation (loss + compute_metrics)."""
         metrics = trainer.evaluate(prepared.eval)
         return Evaluation(with_perplexity(metrics))
+
+    def render_example(self, batch: dict[str, Any], index: int, tokenizer: PreTrainedTokenizerBase, config: Any) -> str:
+        """One collated training example as `check` shows it, with what the model learns inside [[ ]]. The
+        default reads `labels`: token-level labels mark their tokens, a separate target sequence follows."""
+        from llmkit.tasks.mechanisms.marking import LEARNED_CLOSE, LEARNED_OPEN, marked, real_positions
+
+        kept = real_positions(batch, index)
+        ids = [batch["input_ids"][index][p] for p in kept]
+        labels = batch.get("labels", [None] * (index + 1))[index]
+        if isinstance(labels, list) and len(labels) == len(batch["input_ids"][index]):
+            labels = [labels[p] for p in kept]
+            shown = [label if label != -100 else token for token, label in zip(ids, labels, strict=True)]
+            return marked(ids, shown, [label != -100 for label in labels], tokenizer)
+        if isinstance(labels, list):  # encoder-decoder: the target is a separate sequence
+            target = tokenizer.decode([t for t in labels if t != -100], skip_special_tokens=True)
+            return f"{tokenizer.decode(ids)}  → {LEARNED_OPEN}{target}{LEARNED_CLOSE}"
+        return tokenizer.decode(ids)
 
     def check_notes(self, recipe: Recipe, raw: DatasetDict) -> list[str]:
         """What `llmkit check` should say about this task's data beyond lengths and examples."""

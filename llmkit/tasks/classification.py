@@ -9,13 +9,13 @@ Evaluation keeps only the arg-max of each row, never the logits.
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from llmkit.errors import LlmkitError
 from llmkit.tasks.base import Evaluation, Prepared, Task, require_nonempty_text, tokenize
+from llmkit.tasks.mechanisms.labels import check_label_sets, checkpoint_labels, label_config, label_ids, value_kind
+from llmkit.tasks.mechanisms.marking import learned, real_positions
 
 if TYPE_CHECKING:
     from datasets import DatasetDict
@@ -23,13 +23,12 @@ if TYPE_CHECKING:
 
     from llmkit.recipe import Recipe
 
-DEFAULT_LABEL_NAME = re.compile(r"^LABEL_\d+$")
-
 
 class Classification(Task):
     name = "classification"
     roles = ("text", "label")
     optional_roles = ("text_pair",)
+    role_kinds: ClassVar[dict[str, str]] = {"label": "label"}
     target_roles = ("label",)
     auto_class_name = "AutoModelForSequenceClassification"
     mapping_name = "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES"
@@ -42,59 +41,25 @@ class Classification(Task):
         self.label_ids: dict[str, int] | None = None
 
     def specialize(self, config: PretrainedConfig, recipe: Recipe) -> Task:
-        names = dict(getattr(config, "label2id", None) or {})
-        trained = names and not all(DEFAULT_LABEL_NAME.match(str(n)) for n in names)
-        return Classification({str(k): int(v) for k, v in names.items()} if trained else None)
-
-    def text_roles(self) -> tuple[str, ...]:
-        return ("text", "text_pair")
+        return Classification(checkpoint_labels(config))
 
     # ------------------------------------------------------------------ labels
 
     def config_overrides(self, recipe: Recipe, raw: DatasetDict) -> dict[str, Any]:
         """The label set, read from the data (or kept from the checkpoint), as config fields."""
         column = recipe.data.columns.get("label", "label")
-        kind = label_kind(raw, column)
-        if kind == "float":
+        values = {split: dataset["label"] for split, dataset in raw.items()}
+        if value_kind(values, column) == "float":
             return {"id2label": {0: "score"}, "label2id": {"score": 0}, "problem_type": "regression"}
         if "train" in raw:
-            check_label_sets(raw, column)
-        values = {value for dataset in raw.values() for value in dataset["label"]}
-        if kind == "str":
-            names = self._string_labels(values, column, retrain="train" in raw)
-            self.label_ids = names
-        else:
-            names = self._int_labels(values, column, raw)
-        return {
-            "id2label": {i: name for name, i in names.items()},
-            "label2id": names,
-            "problem_type": "single_label_classification",
-        }
-
-    def _string_labels(self, values: set[str], column: str, retrain: bool) -> dict[str, int]:
-        known = self.checkpoint_labels
-        if known is not None and values <= set(known):
-            return known
-        if known is not None and not retrain:
-            unknown = sorted(values - set(known))
-            raise LlmkitError(
-                f"data column `{column}`: label(s) {', '.join(map(repr, unknown[:5]))} are not among the model's "
-                f"labels ({', '.join(known)})"
+            check_label_sets(
+                values, column, "classification needs at least two (a column of floats selects regression)"
             )
-        return {name: i for i, name in enumerate(sorted(values))}
-
-    def _int_labels(self, values: set[int], column: str, raw: DatasetDict) -> dict[str, int]:
-        if min(values) < 0:
-            raise LlmkitError(f"data column `{column}`: integer labels must be 0..N-1 (found {min(values)})")
-        count = max(values) + 1
-        known = self.checkpoint_labels
-        if known is not None and len(known) >= count:
-            return known
-        if known is not None and "train" not in raw:
-            raise LlmkitError(f"data column `{column}`: label {max(values)} is beyond the model's {len(known)} labels")
-        feature = next(iter(raw.values())).features["label"]
-        names = list(getattr(feature, "names", None) or [str(i) for i in range(count)])
-        return {name: i for i, name in enumerate(names)}
+        distinct = {value for split_values in values.values() for value in split_values}
+        names = getattr(next(iter(raw.values())).features["label"], "names", None)
+        ids = label_ids(distinct, column, self.checkpoint_labels, training="train" in raw, names=names)
+        self.label_ids = ids if all(isinstance(v, str) for v in distinct) else None
+        return label_config(ids, "single_label_classification")
 
     # ------------------------------------------------------------------ data
 
@@ -122,7 +87,7 @@ class Classification(Task):
         from collections import Counter
 
         notes = super().check_notes(recipe, raw)
-        if label_kind(raw, recipe.data.columns.get("label", "label")) == "float":
+        if value_kind({s: d["label"] for s, d in raw.items()}, recipe.data.columns.get("label", "label")) == "float":
             return [*notes, "labels are numbers with decimals: regression (one output, mean squared error)"]
         counts = {split: Counter(dataset["label"]) for split, dataset in raw.items()}
         labels = sorted({label for counter in counts.values() for label in counter}, key=str)
@@ -137,6 +102,12 @@ class Classification(Task):
         return notes
 
     # collator: the base DataCollatorWithPadding pads each batch to its own longest row.
+
+    def render_example(self, batch: dict[str, Any], index: int, tokenizer: PreTrainedTokenizerBase, config: Any) -> str:
+        label = batch["labels"][index]
+        name = (getattr(config, "id2label", None) or {}).get(int(label), label) if isinstance(label, int) else label
+        ids = [batch["input_ids"][index][p] for p in real_positions(batch, index)]
+        return f"{tokenizer.decode(ids)}  → label {learned(str(name))}"
 
     # ------------------------------------------------------------------ evaluation
 
@@ -186,44 +157,6 @@ class Classification(Task):
         return results
 
 
-def label_kind(raw: DatasetDict, column: str) -> str:
-    """`int`, `str` or `float` (regression) for the label column; a missing label or a mix of kinds is an error."""
-    kinds = set()
-    for split, dataset in raw.items():
-        for index, value in enumerate(dataset["label"]):
-            if value is None or (isinstance(value, float) and math.isnan(value)):
-                raise LlmkitError(f"data column `{column}` is empty in {split} row {index}")
-            if isinstance(value, bool) or not isinstance(value, int | float | str):
-                raise LlmkitError(
-                    f"data column `{column}`: {split} row {index} holds {value!r}; expected an int, a string or a float"
-                )
-            kinds.add("str" if isinstance(value, str) else "float" if isinstance(value, float) else "int")
-    if len(kinds) > 1:
-        raise LlmkitError(
-            f"data column `{column}` mixes label types ({' and '.join(sorted(kinds))}) across splits; "
-            "use one kind: integers, strings, or floats for regression"
-        )
-    return kinds.pop()
-
-
-def check_label_sets(raw: DatasetDict, column: str) -> None:
-    """A model cannot learn from one label, nor be judged on labels it never saw: both are data errors."""
-    trained = set(raw["train"]["label"])
-    shown = ", ".join(map(repr, sorted(trained)[:10]))
-    if len(trained) < 2:
-        raise LlmkitError(
-            f"data column `{column}`: the train data has a single label ({shown}); classification needs at least "
-            "two (a column of floats selects regression)"
-        )
-    if "eval" in raw:
-        unseen = sorted(set(raw["eval"]["label"]) - trained)
-        if unseen:
-            raise LlmkitError(
-                f"data column `{column}`: eval label(s) {', '.join(map(repr, unseen[:10]))} never appear in the "
-                f"train data (train labels: {shown})"
-            )
-
-
 def top_class(logits: Any, labels: Any) -> Any:
     """Per batch, reduce logits to what the metrics need (the class id, or the score for regression)."""
     if isinstance(logits, tuple):
@@ -232,9 +165,12 @@ def top_class(logits: Any, labels: Any) -> Any:
 
 
 def class_metrics(prediction: Any) -> dict[str, float]:
-    from llmkit.metrics import classification_metrics, regression_metrics
+    from llmkit.tasks.mechanisms.scores import classification_metrics, regression_metrics
 
     predictions, labels = prediction.predictions, prediction.label_ids
     if predictions.dtype.kind == "f":
         return regression_metrics(predictions.reshape(-1), labels.reshape(-1))
     return classification_metrics(predictions.reshape(-1), labels.reshape(-1))
+
+
+TASK = Classification()

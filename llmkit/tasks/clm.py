@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from llmkit.tasks.base import Prepared, Task
-from llmkit.tasks.packing import lm_features
+from llmkit.tasks.mechanisms.packing import lm_features
 
 if TYPE_CHECKING:
     from datasets import DatasetDict
@@ -65,8 +65,11 @@ class CausalLM(Task):
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: list[dict[str, Any]], recipe: Recipe
     ) -> list[dict[str, Any]]:
         """Continue each text."""
-        from llmkit.tasks.generation import generate
+        from llmkit.tasks.mechanisms.generation import generate
 
         prompts = [str(row["text"]) for row in rows]
         outputs = generate(model, tokenizer, [tokenizer(p)["input_ids"] for p in prompts], recipe.generation)
         return [{"text": p, "continuation": o} for p, o in zip(prompts, outputs, strict=True)]
+
+
+TASK = CausalLM()

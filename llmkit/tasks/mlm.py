@@ -5,14 +5,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from pydantic import Field
+
+from llmkit.section import Section
 from llmkit.tasks.base import Prepared, Task
-from llmkit.tasks.packing import lm_features
+from llmkit.tasks.mechanisms.packing import lm_features
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from llmkit.recipe import Recipe
+
+
+class MaskingOptions(Section):
+    """`mlm:` in a recipe."""
+
+    probability: float = Field(0.15, gt=0, lt=1, description="Fraction of tokens masked.")
+    whole_word_mask: bool = Field(False, description="Mask all pieces of a word together.")
 
 
 class ExampleMasking:
@@ -74,6 +84,7 @@ class MaskedLM(Task):
     mapping_name = "MODEL_FOR_MASKED_LM_MAPPING_NAMES"
     needs = "a masked language model (BERT, RoBERTa, ...)"
     loss_is_token_mean = True
+    options_class = MaskingOptions
 
     def _masker(self, recipe: Recipe, tokenizer: PreTrainedTokenizerBase, seed: int | None) -> Any:
         from transformers import DataCollatorForLanguageModeling
@@ -81,8 +92,8 @@ class MaskedLM(Task):
         return DataCollatorForLanguageModeling(
             tokenizer,
             mlm=True,
-            mlm_probability=recipe.data.mlm_probability,
-            whole_word_mask=recipe.data.whole_word_mask,
+            mlm_probability=recipe.options.probability,
+            whole_word_mask=recipe.options.whole_word_mask,
             seed=seed,
         )
 
@@ -91,7 +102,9 @@ class MaskedLM(Task):
 
         if tokenizer.mask_token is None:
             raise LlmkitError("task `mlm` needs a tokenizer with a mask token (e.g. BERT's [MASK])")
-        extra = ("special_tokens_mask", "offset_mapping") if recipe.data.whole_word_mask else ("special_tokens_mask",)
+        extra = (
+            ("special_tokens_mask", "offset_mapping") if recipe.options.whole_word_mask else ("special_tokens_mask",)
+        )
         features = {
             split: lm_features(dataset, tokenizer, recipe, split, append_eos=False, extra_columns=extra)
             for split, dataset in raw.items()
@@ -135,3 +148,6 @@ class MaskedLM(Task):
             fills = [tokenizer.convert_ids_to_tokens(logits[p].topk(5).indices.tolist()) for p in positions]
             results.append({"text": text, "fills": fills})
         return results
+
+
+TASK = MaskedLM()

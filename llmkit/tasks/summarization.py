@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from llmkit.tasks.prompting import PromptToTarget
+from llmkit.tasks.mechanisms.prompting import PromptToTarget
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -35,7 +35,7 @@ class Summarization(PromptToTarget):
         return [str(s) for s in batch["summary"]]
 
     def score(self, predictions: list[str], examples: Dataset, recipe: Recipe) -> dict[str, float]:
-        from llmkit.metrics import rouge
+        from llmkit.tasks.mechanisms.scores import rouge
 
         return rouge(predictions, [str(s) for s in examples["summary"]])
 
@@ -45,3 +45,6 @@ class Summarization(PromptToTarget):
             {"document": document, "summary": prediction, **({"reference": reference} if reference is not None else {})}
             for document, prediction, reference in zip(examples["document"], predictions, references, strict=True)
         ]
+
+
+TASK = Summarization()

@@ -38,7 +38,7 @@ def generate(
     """
     import torch
 
-    from llmkit.tasks.shards import forward_is_collective, spread
+    from llmkit.tasks.mechanisms.shards import forward_is_collective, spread
 
     batch_size = batch_size or settings.batch_size
     prompts = fit_prompts(model, prompts, settings.max_new_tokens)
@@ -89,7 +89,7 @@ def fit_prompts(model: PreTrainedModel, prompts: list[list[int]], max_new_tokens
 
     from llmkit.errors import LlmkitError
     from llmkit.models import max_positions
-    from llmkit.tasks.shards import process_group
+    from llmkit.tasks.mechanisms.shards import process_group
 
     positions = None if getattr(model.config, "is_encoder_decoder", False) else max_positions(model.config)
     if positions is None:

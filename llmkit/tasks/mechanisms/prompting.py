@@ -14,7 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pydantic import Field
+
 from llmkit.errors import LlmkitError
+from llmkit.section import Section
 from llmkit.tasks.base import Evaluation, Prepared, Task, require_nonempty_text, tokenize
 
 if TYPE_CHECKING:
@@ -70,7 +73,7 @@ class PromptEncoder:
             eos=tokenizer.eos_token_id,
             separator_text=separator,
             max_length=recipe.data.max_length,
-            max_target_length=recipe.data.max_target_length,
+            max_target_length=recipe.options.max_target_length,
         )
 
     @property
@@ -112,18 +115,28 @@ class PromptEncoder:
         return {"input_ids": inputs, "attention_mask": [[1] * len(ids) for ids in inputs], "labels": labels}
 
 
+class PromptOptions(Section):
+    """Options of every prompt → target task (its recipe section, e.g. `summarization:`)."""
+
+    prompt_separator: str | None = Field(
+        None, description="Text between prompt and target for decoders (unset: the task's own, e.g. \\nTL;DR:)."
+    )
+    max_target_length: int = Field(128, ge=1, description="Tokens kept of the target text.")
+
+
 class PromptToTarget(Task):
     """A task that writes text: decoder-only or encoder-decoder, chosen by the model's architecture.
 
     Subclasses say how a row becomes `(body, tail)` and a target, and how predictions are scored.
     """
 
-    #: text between prompt and target for decoder-only models (a recipe's data.prompt_separator wins)
+    #: text between prompt and target for decoder-only models (a recipe's `<task>.prompt_separator` wins)
     default_separator: ClassVar[str]
     #: the role `predict --text` fills
     text_role: ClassVar[str]
     #: the role that holds the text to learn (not needed for predict)
     target_role: ClassVar[str]
+    options_class = PromptOptions
     #: only the target tokens carry loss, and their number differs from row to row
     loss_is_token_mean = True
 
@@ -170,28 +183,28 @@ class PromptToTarget(Task):
         super().check_architecture(config, recipe)
         if self.encoder_decoder:
             return
-        data = recipe.data
-        if data.max_target_length + 1 >= data.max_length - 8:
+        max_length, max_target = recipe.data.max_length, recipe.options.max_target_length
+        if max_target + 1 >= max_length - 8:
             raise LlmkitError(
-                f"recipe field `data.max_target_length`: {data.max_target_length} leaves no room for the prompt in "
-                f"data.max_length = {data.max_length} (a decoder's sequence holds prompt, target and EOS)"
+                f"recipe field `{self.name}.max_target_length`: {max_target} leaves no room for the prompt in "
+                f"data.max_length = {max_length} (a decoder's sequence holds prompt, target and EOS)"
             )
         positions = max_positions(config)
-        longest = data.max_length - data.max_target_length - 1 + recipe.generation.max_new_tokens
+        longest = max_length - max_target - 1 + recipe.generation.max_new_tokens
         if positions is not None and longest > positions:
             raise LlmkitError(
                 f"recipe field `generation.max_new_tokens`: {recipe.generation.max_new_tokens} new tokens after a "
-                f"prompt of up to {data.max_length - data.max_target_length - 1} exceed the model's {positions} "
+                f"prompt of up to {max_length - max_target - 1} exceed the model's {positions} "
                 "positions; lower it or data.max_length"
             )
 
-    def trainer_class(self, config: PretrainedConfig) -> type[Trainer]:
+    def trainer_class(self) -> type[Trainer]:
         from transformers import Seq2SeqTrainer, Trainer
 
         return Seq2SeqTrainer if self.encoder_decoder else Trainer
 
     def encoder(self, recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> PromptEncoder:
-        separator = recipe.data.prompt_separator
+        separator = recipe.options.prompt_separator
         if separator is None:
             separator = "" if self.encoder_decoder else self.default_separator
         return PromptEncoder.create(tokenizer, recipe, separator, self.task_prefix, self.encoder_decoder)
@@ -240,7 +253,7 @@ class PromptToTarget(Task):
         across_processes: bool = False,
     ) -> list[str]:
         """Write a target for each row, in batches (only generated ids are kept, never logits)."""
-        from llmkit.tasks.generation import generate
+        from llmkit.tasks.mechanisms.generation import generate
 
         bodies, tails = self.prompt_parts(batch)
         prompts = self.encoder(recipe, tokenizer).prompts(bodies, tails)
