@@ -39,7 +39,8 @@ def setup(count: int, max_new_tokens: int) -> tuple[Any, Any, Any, list[list[int
             "model": {
                 "from_config": {"model_type": "gpt2", "n_layer": 2, "n_head": 4, "n_embd": 128, "n_positions": 512}
             },
-            "data": {"train": "unused.jsonl", "max_length": 384, "max_target_length": 64},
+            "data": {"train": "unused.jsonl", "max_length": 384},
+            "summarization": {"max_target_length": 64},
             "training": {"output_dir": "unused"},
             "generation": {"max_new_tokens": max_new_tokens, "batch_size": 16},
         }

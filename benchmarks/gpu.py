@@ -178,7 +178,8 @@ def bert_qa(folder: Path, steps: int, dry_run: bool) -> list[Result]:
             "task": "qa",
             "model": {"from_config": model},
             "tokenizer": {"name_or_path": str(vocab)},
-            "data": {"train": str(squad), "max_length": length, "doc_stride": length // 3},
+            "data": {"train": str(squad), "max_length": length},
+            "qa": {"doc_stride": length // 3},
             "training": {
                 "output_dir": str(folder / "bert"),
                 "max_steps": warmup + steps,

@@ -25,7 +25,9 @@ def run(quick: bool) -> list[Result]:
             )
         ]
     try:
-        from llmkit.tasks.qa import ExtractiveQA, best_spans, squad_scores
+        from llmkit.tasks.qa import TASK
+        from llmkit.tasks.qa.answers import squad_scores
+        from llmkit.tasks.qa.extractive import ExtractiveQA, best_spans
     except ImportError as err:
         return [skipped("extractive QA post-processing examples/s", f"llmkit.tasks.qa: {err}")]
     import numpy as np
@@ -36,19 +38,15 @@ def run(quick: bool) -> list[Result]:
 
     results = []
     for name, version_2 in (("xquad.en.json", False), ("haystack-squad2-dev-small.json", True)):
-        examples = load_local(folder / name, "eval")
+        examples = load_local(folder / name, "eval", TASK.read_file)
         if quick:
             examples = examples.select(range(min(400, len(examples))))
         recipe = recipe_from_mapping(
             {
                 "task": "qa",
                 "model": {"from_config": {"model_type": "bert"}},
-                "data": {
-                    "train": str(folder / name),
-                    "max_length": 384,
-                    "doc_stride": 128,
-                    "version_2_with_negative": version_2,
-                },
+                "data": {"train": str(folder / name), "max_length": 384},
+                "qa": {"doc_stride": 128, "version_2_with_negative": version_2},
                 "training": {"output_dir": "unused"},
             }
         )
@@ -77,7 +75,7 @@ def run(quick: bool) -> list[Result]:
                 unit="ex/s",
                 key=f"qa_postprocess_examples_per_second{'_v2' if version_2 else ''}",
                 note=f"{len(examples)} questions, {len(features)} windows of ≤384 tokens; n-best "
-                f"{recipe.data.n_best_size}; EM/F1 scoring {median(scoring):,.0f} ex/s",
+                f"{recipe.options.n_best_size}; EM/F1 scoring {median(scoring):,.0f} ex/s",
                 details={"postprocess_examples_per_second": spans, "scoring_examples_per_second": scoring},
             )
         )

@@ -25,13 +25,28 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
-BENCHMARKS = ("startup", "train_throughput", "packing", "preprocess", "generation", "qa_postprocess", "gpu")
+BENCHMARKS = (
+    "startup",
+    "train_throughput",
+    "packing",
+    "padding_free",
+    "preprocess",
+    "scaling",
+    "generation",
+    "qa_postprocess",
+    "gpu",
+)
 SUMMARY_KEYS = (
     "train_throughput_ratio",
     "packing_useful_fraction",
     "packing_speedup",
+    "padding_free_speedup",
+    "padding_free_vs_group_by_length",
+    "padding_free_max_logit_diff",
     "preprocess_ratio",
     "cache_speedup",
+    "scaling_preprocess_linearity",
+    "scaling_stream_rss_ratio",
     "help_seconds",
     "help_ratio",
     "generation_batched_speedup",

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmkit.errors import LlmkitError
+from llmkit.run_folder import is_adapter_folder as is_adapter_folder  # re-exported: run_folder names the files
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -27,10 +28,6 @@ TASK_TYPES = {
     "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES": "TOKEN_CLS",
 }
 ATTENTION_WORDS = ("attn", "attention")
-
-
-def is_adapter_folder(path: str | Path | None) -> bool:
-    return path is not None and (Path(path) / "adapter_config.json").is_file()
 
 
 def linear_layer_types() -> tuple[type, ...]:
@@ -61,7 +58,7 @@ def auto_target_modules(model: PreTrainedModel) -> list[str] | str:
 def head_modules(model: PreTrainedModel) -> list[str]:
     """The task head: top-level modules with weights beside the base model, except an LM head tied to the embeddings.
 
-    These are new (randomly initialised) for a classification or QA head, so they must train in full.
+    A head the checkpoint lacks is new (randomly initialised), so it must train in full.
     """
     if model.base_model_prefix not in dict(model.named_children()):
         return []  # no base module beside a head (T5 keeps encoder, decoder and LM head side by side)
@@ -156,17 +153,11 @@ def describe_trainable(model: Any) -> str:
     return f"trainable parameters: {trainable:,} of {total:,} ({trainable / max(total, 1):.2%})"
 
 
-def attach(model: PreTrainedModel, path: Path, trainable: bool = False) -> Any:
-    """Put a trained adapter (LoRA weights and the task head it saved) onto its base model."""
+def attach(model: PreTrainedModel, path: Path) -> Any:
+    """Put a trained adapter (LoRA weights and the task head it saved) onto its base model, for inference."""
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
-
-
-def save_base_config(model: Any, output: Path) -> None:
-    """Save the adapted model's config (label maps, pad id) beside the adapter so eval/predict rebuild the same head."""
-    config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
-    config.save_pretrained(str(output))
+    return PeftModel.from_pretrained(model, str(path))
 
 
 def merge(model: Any) -> PreTrainedModel:

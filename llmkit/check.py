@@ -13,13 +13,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llmkit.console import rich_console
+from llmkit.run import Run
+from llmkit.streaming import is_streamed
+from llmkit.tasks.mechanisms.packing import SHUFFLE_BUFFER, row_lengths
+from llmkit.tasks.mechanisms.padding_free import packing_mode
+from llmkit.trainer import training_arguments
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from datasets import Dataset, DatasetDict
+    from rich.console import Console
     from transformers import PreTrainedTokenizerBase
 
     from llmkit.recipe import Recipe
+    from llmkit.tasks.base import Prepared
 
 #: rows per split whose raw text is tokenized for the length statistics (enough for a stable p95)
 LENGTH_SAMPLE = 20_000
@@ -70,13 +79,11 @@ class Lengths:
 
 def feature_lengths(dataset: Dataset, limit: int) -> Lengths:
     """Lengths of the model inputs (after truncation or packing)."""
-    import pyarrow.compute as pc
-
-    return Lengths.of(pc.list_value_length(dataset.data.column("input_ids")).to_numpy(), limit)
+    return Lengths.of(row_lengths(dataset), limit)
 
 
 def is_packed(dataset: Dataset) -> bool:
-    """Packed features are fixed-size blocks (clm/mlm with `data.packing`)."""
+    """Packed features are fixed-size blocks (`data.packing`)."""
     import pyarrow as pa
 
     return pa.types.is_fixed_size_list(dataset.data.column("input_ids").type)
@@ -107,9 +114,12 @@ def examples(
     count: int = 3,
     limit: int = 600,
 ) -> list[str]:
-    """The first training examples as the model receives them (after the task's collator, so MLM masking and
+    """The first training examples as the model receives them (after the task's collator, so random masking and
     label padding are applied), rendered by the task with what carries a loss inside [[ ]]."""
-    rows = [dict(features[index]) for index in range(min(count, len(features)))]
+    if is_streamed(features):
+        rows = [dict(row) for row in features.take(count)]
+    else:
+        rows = [dict(features[index]) for index in range(min(count, len(features)))]
     if not rows:
         return []
     batch = {key: value.tolist() if hasattr(value, "tolist") else value for key, value in collator(rows).items()}
@@ -122,18 +132,38 @@ def examples(
 
 def report(recipe: Recipe) -> None:
     """Validate, probe and preprocess like a run would, and print what training would see; no model is loaded."""
-    from rich.table import Table
-
-    from llmkit.console import rich_console
-    from llmkit.pipeline import setup
-    from llmkit.trainer import training_arguments
-
     console = rich_console()
     args = training_arguments(recipe)
-    run = setup(recipe)
+    run = Run.prepare(recipe)
+    prepared = run.features()
+    say_recipe(console, run)
+    streamed = is_streamed(prepared.train)
+    if streamed:
+        say_stream(console, run)
+    else:
+        length_table(console, run, prepared)
+    feature_table(console, run, prepared)
+    if prepared.train is not None:
+        show_examples(console, run, prepared.train)
+        rows = "streamed" if streamed else len(prepared.train)
+        steps = planned_steps(run.recipe, 0 if streamed else len(prepared.train), args.world_size)
+        training = run.recipe.training
+        console.print(
+            f"planned optimizer steps: {steps} ({rows} training features, batch "
+            f"{training.per_device_train_batch_size} × {args.world_size} process(es) × accumulation "
+            f"{training.gradient_accumulation_steps})",
+            markup=False,
+        )
+    output = Path(run.recipe.training.output_dir)
+    if output.is_dir() and any(output.iterdir()):
+        console.print(
+            f"note: {output} is not empty: training needs --overwrite (replace) or --resume latest", markup=False
+        )
+
+
+def say_recipe(console: Console, run: Run) -> None:
+    """What the recipe resolved to, the defaults it took, and a LoRA learning rate that will barely move."""
     recipe = run.recipe
-    prepared = run.task.preprocess(recipe, run.raw, run.tokenizer)
-    limit = recipe.data.max_length
     model = recipe.model.name_or_path or f"{recipe.model.from_config.get('model_type')} built from config"
     console.print(f"recipe ok: task `{recipe.task}`, model {model}, tokenizer vocab {len(run.tokenizer)}", markup=False)
     for note in recipe.defaults_applied:
@@ -145,7 +175,13 @@ def report(recipe: Recipe) -> None:
             markup=False,
         )
 
+
+def length_table(console: Console, run: Run, prepared: Prepared) -> None:
+    """Token lengths of the raw text before truncation, and what the task does with the rows that are longer."""
+    limit = run.recipe.data.max_length
     sampled = any(len(dataset) > LENGTH_SAMPLE for dataset in run.raw.values())
+    from rich.table import Table
+
     table = Table(title="tokens per row, before truncation" + (f" (first {LENGTH_SAMPLE} rows)" if sampled else ""))
     for column in ("split", "column", "rows", "min", "p50", "p95", "max", f"> {limit} tokens"):
         table.add_column(column, justify="left" if column in ("split", "column") else "right")
@@ -155,38 +191,44 @@ def report(recipe: Recipe) -> None:
     if prepared.train is not None and is_packed(prepared.train):
         console.print(f"packing: long rows continue into the next block of {limit} tokens; no text is cut off")
     else:
-        for note in run.task.check_notes(recipe, run.raw):
+        for note in run.task.check_notes(run.recipe, run.raw):
             console.print(note, markup=False, highlight=False)
+
+
+def say_stream(console: Console, run: Run) -> None:
+    """A streamed training set is not read ahead: no statistics that need all of it."""
+    data = run.recipe.data
+    packed = packing_mode(run.recipe, default=True)
+    blocks = f"cut into blocks of {data.max_length} tokens" if packed else "one row per document"
+    console.print(
+        f"streaming: {data.train} is read as training consumes it, {blocks}, shuffled among {SHUFFLE_BUFFER} "
+        "at a time; no length statistics (they would need the whole set)",
+        markup=False,
+        highlight=False,
+    )
+
+
+def feature_table(console: Console, run: Run, prepared: Prepared) -> None:
+    from rich.table import Table
 
     table = Table(title="features (model inputs)")
     for column in ("split", "raw rows", "features", "min", "p50", "p95", "max tokens"):
         table.add_column(column, justify="left" if column == "split" else "right")
     for split, features in (("train", prepared.train), ("eval", prepared.eval)):
-        if features is not None:
-            stats = feature_lengths(features, limit)
+        if features is not None and not is_streamed(features):
+            stats = feature_lengths(features, run.recipe.data.max_length)
             table.add_row(split, str(len(run.raw[split])), *_cells(stats))
     console.print(table)
 
-    if prepared.train is not None:
-        console.print("examples (tokens the model learns to predict are inside [[ ]]):", markup=False)
 
-        def render(batch: dict[str, Any], index: int) -> str:
-            return run.task.render_example(batch, index, run.tokenizer, run.config)
+def show_examples(console: Console, run: Run, features: Dataset) -> None:
+    console.print("examples (tokens the model learns to predict are inside [[ ]]):", markup=False)
 
-        for index, text in enumerate(examples(prepared.train, run.task.collator(recipe, run.tokenizer), render)):
-            console.print(f"  {index}: {text!r}", markup=False, highlight=False)
-        steps = planned_steps(recipe, len(prepared.train), args.world_size)
-        console.print(
-            f"planned optimizer steps: {steps} ({len(prepared.train)} training features, batch "
-            f"{recipe.training.per_device_train_batch_size} × {args.world_size} process(es) × accumulation "
-            f"{recipe.training.gradient_accumulation_steps})",
-            markup=False,
-        )
-    output = Path(recipe.training.output_dir)
-    if output.is_dir() and any(output.iterdir()):
-        console.print(
-            f"note: {output} is not empty: training needs --overwrite (replace) or --resume latest", markup=False
-        )
+    def render(batch: dict[str, Any], index: int) -> str:
+        return run.task.render_example(batch, index, run.tokenizer, run.config)
+
+    for index, text in enumerate(examples(features, run.task.collator(run.recipe, run.tokenizer), render)):
+        console.print(f"  {index}: {text!r}", markup=False, highlight=False)
 
 
 def _cells(stats: Lengths) -> list[str]:

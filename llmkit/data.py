@@ -102,13 +102,26 @@ def load_local(path: Path, field: str, reader: Reader | None = None) -> Dataset:
     the layout itself (`reader`)."""
     from datasets import Dataset, load_dataset
 
-    files = _data_files(path, field)
+    task_file = reader is not None and path.is_file() and path.suffix.lower() not in BUILDERS
+    files = [path] if task_file and path.stat().st_size else _data_files(path, field)
     own = reader(files[0]) if reader is not None else None
+    if own is None and task_file:
+        files = _data_files(path, field)  # not the task's layout either: the usual message
     if own is not None:
         rows = [*own, *(row for f in files[1:] for row in (reader(f) or []))]  # type: ignore[misc]
         if not rows:
             raise LlmkitError(f"recipe field `data.{field}`: {path} has no rows")
         return Dataset.from_list(rows)
+    builder, options = builder_options(files)
+    with reading(path, field, builder):
+        dataset = load_dataset(builder, data_files=[str(f) for f in files], split="train", **options)
+    if len(dataset) == 0:
+        raise LlmkitError(f"recipe field `data.{field}`: {path} has no rows")
+    return dataset
+
+
+def builder_options(files: list[Path]) -> tuple[str, dict[str, Any]]:
+    """The `datasets` builder for these files and how it must read them."""
     suffix = files[0].suffix.lower()
     builder = BUILDERS[suffix]
     options: dict[str, Any] = {}
@@ -119,20 +132,34 @@ def load_local(path: Path, field: str, reader: Reader | None = None) -> Dataset:
         options["keep_linebreaks"] = True  # newlines are text a language model must learn
     if builder == "json" and _json_records_field(files[0]):
         options["field"] = "data"
+    return builder, options
+
+
+@contextmanager
+def reading(path: Path, field: str, builder: str) -> Iterator[None]:
+    """A file `datasets` cannot parse is one line naming it (its parser errors come in many types)."""
     try:
         with quiet_progress(), no_datasets_logs():
-            dataset = load_dataset(builder, data_files=[str(f) for f in files], split="train", **options)
+            yield
+    except LlmkitError:
+        raise
     except UnicodeDecodeError:
         raise LlmkitError(f"recipe field `data.{field}`: {path} is not UTF-8 text") from None
-    except Exception as err:  # datasets wraps parser errors in many types
+    except Exception as err:
         cause = err.__cause__ or err
         if isinstance(cause, UnicodeDecodeError) or "utf-8" in str(cause).lower():
             raise LlmkitError(f"recipe field `data.{field}`: {path} is not UTF-8 text") from None
-        message = str(cause).strip().splitlines()[0][:200] if str(cause).strip() else type(cause).__name__
-        raise LlmkitError(f"recipe field `data.{field}`: cannot read {path} as {builder}: {message}") from None
-    if len(dataset) == 0:
-        raise LlmkitError(f"recipe field `data.{field}`: {path} has no rows")
-    return dataset
+        if "corresponds to no data" in str(cause):  # a header and no rows
+            raise LlmkitError(f"recipe field `data.{field}`: {path} has no rows") from None
+        raise LlmkitError(
+            f"recipe field `data.{field}`: cannot read {path} as {builder}: {first_line(cause)}"
+        ) from None
+
+
+def first_line(err: BaseException, most: int = 200) -> str:
+    """The first line of an exception's message (its type when it has none), cut to `most` characters."""
+    text = str(err).strip()
+    return text.splitlines()[0][:most] if text else type(err).__name__
 
 
 @contextmanager
@@ -166,20 +193,19 @@ def no_datasets_logs() -> Iterator[None]:
         datasets_logging.set_verbosity(level)
 
 
-def load_hub(section: DataSection, split: str, field: str) -> Dataset:
+def load_hub(section: DataSection, split: str, field: str, streaming: bool = False) -> Any:
     from datasets import load_dataset
 
     from llmkit import hub
 
     hub.prepare(section.train)
     try:
-        return load_dataset(section.train, section.config_name, split=split)
+        return load_dataset(section.train, section.config_name, split=split, streaming=streaming)
     except Exception as err:
         if hub.offline():
             raise LlmkitError(f"recipe field `data.{field}`: {hub.advice(section.train, 'data.train')}") from None
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise LlmkitError(
-            f"recipe field `data.{field}`: cannot load `{section.train}` split `{split}`: {first}"
+            f"recipe field `data.{field}`: cannot load `{section.train}` split `{split}`: {first_line(err)}"
         ) from None
 
 
@@ -194,7 +220,11 @@ def load_raw(section: DataSection, with_train: bool = True, reader: Reader | Non
     local = is_local(section.train)
     if not with_train and section.eval is not None:
         return DatasetDict({"eval": _first(_load_eval(section, local, reader), section.max_eval_samples)})
-    if section.train.startswith(BUILTIN_PREFIX):
+    if section.streaming:  # the eval data (a file or split of its own) is read into memory
+        from llmkit.streaming import load_stream
+
+        train = load_stream(section)
+    elif section.train.startswith(BUILTIN_PREFIX):
         train = builtin_corpus(section.train.removeprefix(BUILTIN_PREFIX), "train")
     elif local:
         train = load_local(Path(section.train), "train", reader)
@@ -208,7 +238,8 @@ def load_raw(section: DataSection, with_train: bool = True, reader: Reader | Non
             raise LlmkitError("recipe field `data.validation_split`: the training data has fewer than 2 rows")
         parts = train.train_test_split(test_size=section.validation_split, seed=0, shuffle=True)
         splits = {"train": parts["train"], "eval": parts["test"]}
-    splits["train"] = _first(splits["train"], section.max_train_samples)
+    if not section.streaming:  # a stream takes its first rows as it is read
+        splits["train"] = _first(splits["train"], section.max_train_samples)
     if "eval" in splits:
         splits["eval"] = _first(splits["eval"], section.max_eval_samples)
     return DatasetDict(splits)
@@ -258,20 +289,14 @@ def _roles_of(
         if isinstance(column, list):
             missing = [name for name in column if name not in available]
             if missing:
-                raise LlmkitError(
-                    f"data column `{missing[0]}` (role `{role}`) not found in the {split} data; "
-                    f"columns are: {', '.join(available)} — set `data.columns.{role}`"
-                )
+                raise column_not_found(missing[0], role, split, available)
             gathered[role] = column
             continue
         if column not in available:
             if role in optional and role not in columns:
                 continue
             if role in columns or len(required) > 1 or len(available) > 1:
-                raise LlmkitError(
-                    f"data column `{column}` (role `{role}`) not found in the {split} data; "
-                    f"columns are: {', '.join(available)} — set `data.columns.{role}`"
-                )
+                raise column_not_found(column, role, split, available)
             column = available[0]
         mapping[column] = role
     if gathered:
@@ -282,6 +307,13 @@ def _roles_of(
     dataset = dataset.select_columns([*mapping, *gathered])
     renames = {column: role for column, role in mapping.items() if column != role}
     return dataset.rename_columns(renames) if renames else dataset
+
+
+def column_not_found(column: str, role: str, split: str, available: list[str]) -> LlmkitError:
+    return LlmkitError(
+        f"data column `{column}` (role `{role}`) not found in the {split} data; "
+        f"columns are: {', '.join(available)} — set `data.columns.{role}`"
+    )
 
 
 #: what a role's column may hold, by the kind a task gives the role: (element dtypes, "list" or "scalar")
@@ -317,7 +349,10 @@ def _holds(feature: Any, shape: str) -> str:
     inner = getattr(feature, "feature", None)
     is_list = inner is not None and type(feature).__name__ in ("List", "Sequence", "LargeList")
     if shape == "list" and not is_list:
-        return (getattr(feature, "dtype", None) and f"single {feature.dtype}") or type(feature).__name__
+        if type(feature).__name__ == "Json":
+            return "mixed-type JSON (not a list in every row)"
+        dtype = getattr(feature, "dtype", None)
+        return f"single {'text' if dtype in ('string', 'large_string') else dtype}" if dtype else type(feature).__name__
     if shape == "scalar" and is_list:
         return "list"
     value = inner if shape == "list" else feature
@@ -347,7 +382,7 @@ def fingerprints(section: DataSection, raw: DatasetDict) -> dict[str, Any]:
     if section.eval is None and section.validation_split is not None:
         result["eval"] = {"source": f"{section.validation_split:g} of data.train, held out"}
     for split, dataset in raw.items():
-        result.setdefault(split, {})["rows"] = len(dataset)
+        result.setdefault(split, {})["rows"] = len(dataset) if hasattr(dataset, "__len__") else "streamed"
     return result
 
 

@@ -1,37 +1,28 @@
-"""Models and tokenizers: load a checkpoint, build one from a config, or train a tokenizer on the data."""
+"""Models: load a checkpoint, or build one from a config, with errors that name the recipe field.
+
+Tokenizers are in `tokenization` (re-exported here: `load_tokenizer`, `train_tokenizer`, `ensure_pad_token`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmkit import hub
 from llmkit.errors import LlmkitError, did_you_mean
+from llmkit.run_folder import adapter_base, is_adapter_folder
+from llmkit.tokenization import ensure_pad_token as ensure_pad_token
+from llmkit.tokenization import load_tokenizer as load_tokenizer
+from llmkit.tokenization import train_tokenizer as train_tokenizer
 
 if TYPE_CHECKING:
-    from tokenizers import Tokenizer
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-    from llmkit.recipe import ModelSection, TokenizerSection, TokenizerTrainSection
-
-BPE_SPECIAL = "<|endoftext|>"
-#: any one of these makes a folder a tokenizer (fast, GPT-2 BPE, WordPiece, sentencepiece)
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.json",
-    "vocab.txt",
-    "tokenizer.model",
-    "spiece.model",
-)
-WORDPIECE_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    from llmkit.recipe import ModelSection
 
 
-def _hub_error(what: str, name: str, err: Exception) -> LlmkitError:
+def hub_error(what: str, name: str, err: Exception) -> LlmkitError:
     """Turn a from_pretrained failure into one line the user can act on."""
-    from llmkit import hub
-
     if not Path(name).exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
         return LlmkitError(f"cannot load {what} `{name}`: no such folder")
     if hub.is_hub_id(name) and hub.offline():
@@ -49,21 +40,21 @@ def load_config(section: ModelSection, overrides: dict[str, Any] | None = None) 
     if section.from_config is not None:
         return config_from_spec(section.from_config, overrides)
     name = str(section.name_or_path)
-    if Path(name).exists() and not (Path(name) / "config.json").is_file() and not _is_adapter(Path(name)):
+    if Path(name).exists() and not (Path(name) / "config.json").is_file() and not is_adapter_folder(name):
         raise LlmkitError(f"recipe field `model.name_or_path`: {name} is not a model folder (no config.json)")
     weights = any(Path(name).glob("*.safetensors")) or (Path(name) / "model.onnx").is_file()  # or `llmkit export`
-    if Path(name).is_dir() and not _is_adapter(Path(name)) and not weights:
+    if Path(name).is_dir() and not is_adapter_folder(name) and not weights:
         raise LlmkitError(f"recipe field `model.name_or_path`: {name} has no *.safetensors weights (the format loaded)")
     # An adapter folder keeps its tuned config (label maps, pad id) beside the adapter; else use the base's.
     has_own_config = (Path(name) / "config.json").is_file()
     hub.prepare(name)
-    base = adapter_base(Path(name)) if _is_adapter(Path(name)) and not has_own_config else name
+    base = adapter_base(Path(name)) if is_adapter_folder(name) and not has_own_config else name
     try:
         return AutoConfig.from_pretrained(
             base, revision=section.revision, trust_remote_code=section.trust_remote_code, **(overrides or {})
         )
     except (OSError, ValueError) as err:
-        raise _hub_error("model", name, err) from None
+        raise hub_error("model", name, err) from None
 
 
 def config_from_spec(spec: dict[str, Any], overrides: dict[str, Any] | None = None) -> PretrainedConfig:
@@ -132,157 +123,6 @@ def _one_line(err: BaseException) -> str:
     return text[:300] if text else type(err).__name__
 
 
-def _is_adapter(path: Path) -> bool:
-    return (path / "adapter_config.json").is_file()
-
-
-def adapter_base(path: Path) -> str:
-    """The base checkpoint a PEFT adapter folder was trained from."""
-    import json
-
-    try:
-        base = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise LlmkitError(
-            f"{path}: adapter_config.json is damaged (not JSON naming `base_model_name_or_path`)"
-        ) from None
-    return str(base)
-
-
-def load_tokenizer(section: TokenizerSection, model: ModelSection) -> PreTrainedTokenizerBase:
-    """The tokenizer named by the recipe (or the model's own). Training is `train_tokenizer`."""
-    from transformers import AutoTokenizer
-
-    name = section.name_or_path or model.name_or_path
-    if name is None:
-        raise LlmkitError("`model.from_config` needs a tokenizer: set `tokenizer.name_or_path` or `tokenizer.train`")
-    if _is_adapter(Path(name)) and not (Path(name) / "tokenizer_config.json").is_file():
-        name = adapter_base(Path(name))
-    if Path(name).is_dir() and not any((Path(name) / file).is_file() for file in TOKENIZER_FILES):
-        field = "tokenizer.name_or_path" if section.name_or_path else "model.name_or_path"
-        known = ", ".join(TOKENIZER_FILES[:4])
-        raise LlmkitError(f"recipe field `{field}`: {name} has no tokenizer files ({known}, ...)")
-    hub.prepare(name)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            name, revision=model.revision, trust_remote_code=model.trust_remote_code
-        )
-    except (OSError, ValueError, TypeError) as err:
-        raise _hub_error("tokenizer", name, err) from None
-    return ensure_pad_token(tokenizer)
-
-
-def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
-    """GPT-2 style tokenizers have no pad token; batching needs one, so reuse EOS (labels mask it by attention)."""
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def train_tokenizer(spec: TokenizerTrainSection, texts: Iterable[str]) -> PreTrainedTokenizerBase:
-    """Train a GPT-2 style byte-level BPE or a BERT style WordPiece tokenizer on the given texts.
-
-    Both kinds are reproducible: the same texts give a byte-identical `tokenizer.json` in any process. Byte-level BPE
-    is so as trained (its whole 256-symbol alphabet is given up front, so every id is assigned in a fixed order);
-    WordPiece needs `_train_wordpiece`.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    if spec.kind == "bpe":
-        tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
-            vocab_size=spec.vocab_size,
-            min_frequency=spec.min_frequency,
-            special_tokens=[BPE_SPECIAL],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
-        )
-        tok.train_from_iterator(_batches(texts), trainer)
-        wrapped = PreTrainedTokenizerFast(
-            tokenizer_object=tok, bos_token=BPE_SPECIAL, eos_token=BPE_SPECIAL, unk_token=BPE_SPECIAL
-        )
-    else:
-        tok = _train_wordpiece(spec, texts)
-        cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-        tok.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]",
-            pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-            special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
-        )
-        wrapped = PreTrainedTokenizerFast(
-            tokenizer_object=tok,
-            unk_token="[UNK]",
-            pad_token="[PAD]",
-            cls_token="[CLS]",
-            sep_token="[SEP]",
-            mask_token="[MASK]",
-            # segment ids tell BERT which text of a pair (question/context, sentence pair) a token belongs to
-            model_input_names=["input_ids", "token_type_ids", "attention_mask"],
-        )
-    return ensure_pad_token(wrapped)
-
-
-def _wordpiece_tokenizer(vocab: dict[str, int] | None = None) -> Tokenizer:
-    """A BERT style (uncased) WordPiece tokenizer, empty or over the given vocabulary."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
-
-    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    return tok
-
-
-def _train_wordpiece(spec: TokenizerTrainSection, texts: Iterable[str]) -> Tokenizer:
-    """Train WordPiece so that the same texts always give the same vocabulary, ids included.
-
-    The trainer (tokenizers 0.23, huggingface/tokenizers#1794) creates the `##x` continuation pieces while walking
-    a randomly seeded hash map of the words, so their ids change from process to process; and ids break the ties
-    between equally frequent merges, so even which pieces are learned can change. The fix needs two passes over the
-    texts (they are held in memory): a first one without merges finds the continuation pieces, the second registers
-    them up front, sorted, after the 5 specials (the trainer numbers these in order and reuses them instead of
-    creating its own). Same pieces, same counts, same vocabulary size as the stock trainer; only the ids are fixed.
-    The result is rebuilt over the learned vocabulary so that the pieces are plain vocabulary entries again, not
-    added tokens matched in raw text.
-    """
-    from tokenizers import trainers
-
-    batches = list(_batches(texts))
-    probe = _wordpiece_tokenizer()
-    probe.train_from_iterator(
-        batches, trainers.WordPieceTrainer(vocab_size=0, special_tokens=WORDPIECE_SPECIALS, show_progress=False)
-    )
-    # with no merges the vocabulary is the specials, the alphabet and each continuation piece "##" + one character
-    pieces = sorted(token for token in probe.get_vocab() if len(token) == 3 and token.startswith("##"))
-    trained = _wordpiece_tokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=spec.vocab_size,
-        min_frequency=spec.min_frequency,
-        special_tokens=WORDPIECE_SPECIALS + pieces,
-        show_progress=False,
-    )
-    trained.train_from_iterator(batches, trainer)
-    tok = _wordpiece_tokenizer(trained.get_vocab(with_added_tokens=False))
-    tok.add_special_tokens(WORDPIECE_SPECIALS)
-    return tok
-
-
-def _batches(texts: Iterable[str], size: int = 1000) -> Iterator[list[str]]:
-    """The non-empty texts in lists of `size`, in their order (the trainers take batches of texts)."""
-    batch: list[str] = []
-    for text in texts:
-        if text:
-            batch.append(text)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def build_model(
     auto_class: Any,
     section: ModelSection,
@@ -290,42 +130,10 @@ def build_model(
     tokenizer: PreTrainedTokenizerBase,
 ) -> PreTrainedModel:
     """Instantiate (from config) or load (from a checkpoint, safetensors only) and fit it to the tokenizer."""
-    import torch
-
     if section.from_config is not None:
-        # A model built from config takes its special ids from the tokenizer (GPT-2's default 50256 would be wrong).
-        config.vocab_size = len(tokenizer)
-        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-            token_id = getattr(tokenizer, name, None)
-            if token_id is not None:
-                setattr(config, name, token_id)
-        if getattr(config, "is_encoder_decoder", False) and getattr(config, "decoder_start_token_id", None) is None:
-            config.decoder_start_token_id = tokenizer.pad_token_id  # T5's convention: decoding starts from pad
-        model = auto_class.from_config(config, trust_remote_code=section.trust_remote_code)
+        model = _from_config(auto_class, section, config, tokenizer)
     else:
-        options: dict[str, Any] = {
-            "revision": section.revision,
-            "trust_remote_code": section.trust_remote_code,
-            "use_safetensors": True,
-        }
-        if section.dtype is not None:
-            options["dtype"] = section.dtype if section.dtype == "auto" else getattr(torch, section.dtype)
-        if section.attn_implementation is not None:
-            options["attn_implementation"] = section.attn_implementation
-        try:
-            model, loading = auto_class.from_pretrained(
-                section.name_or_path, config=config, output_loading_info=True, **options
-            )
-        except (OSError, ValueError) as err:
-            raise _hub_error("model weights", str(section.name_or_path), err) from None
-        except RuntimeError as err:  # a config.json that does not describe the weights beside it
-            if "size mismatch" not in str(err) and "mismatched" not in str(err):
-                raise
-            raise LlmkitError(
-                f"recipe field `model.name_or_path`: {section.name_or_path}: the weights do not fit its config.json "
-                "(tensor shapes differ)"
-            ) from None
-        report_loading(loading)
+        model = _from_checkpoint(auto_class, section, config)
     embeddings = model.get_input_embeddings()
     if embeddings is not None and len(tokenizer) > embeddings.weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
@@ -334,6 +142,50 @@ def build_model(
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.pad_token_id = tokenizer.pad_token_id
     name_causal_loss(model)
+    return model
+
+
+def _from_config(
+    auto_class: Any, section: ModelSection, config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase
+) -> PreTrainedModel:
+    """A new model; it takes its special ids from the tokenizer (GPT-2's default 50256 would be wrong)."""
+    config.vocab_size = len(tokenizer)
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        token_id = getattr(tokenizer, name, None)
+        if token_id is not None:
+            setattr(config, name, token_id)
+    if getattr(config, "is_encoder_decoder", False) and getattr(config, "decoder_start_token_id", None) is None:
+        config.decoder_start_token_id = tokenizer.pad_token_id  # T5's convention: decoding starts from pad
+    return auto_class.from_config(config, trust_remote_code=section.trust_remote_code)
+
+
+def _from_checkpoint(auto_class: Any, section: ModelSection, config: PretrainedConfig) -> PreTrainedModel:
+    """The checkpoint's weights (safetensors only), with one line about weights missing or left unused."""
+    import torch
+
+    options: dict[str, Any] = {
+        "revision": section.revision,
+        "trust_remote_code": section.trust_remote_code,
+        "use_safetensors": True,
+    }
+    if section.dtype is not None:
+        options["dtype"] = section.dtype if section.dtype == "auto" else getattr(torch, section.dtype)
+    if section.attn_implementation is not None:
+        options["attn_implementation"] = section.attn_implementation
+    try:
+        model, loading = auto_class.from_pretrained(
+            section.name_or_path, config=config, output_loading_info=True, **options
+        )
+    except (OSError, ValueError) as err:
+        raise hub_error("model weights", str(section.name_or_path), err) from None
+    except RuntimeError as err:  # a config.json that does not describe the weights beside it
+        if "size mismatch" not in str(err) and "mismatched" not in str(err):
+            raise
+        raise LlmkitError(
+            f"recipe field `model.name_or_path`: {section.name_or_path}: the weights do not fit its config.json "
+            "(tensor shapes differ)"
+        ) from None
+    report_loading(loading)
     return model
 
 

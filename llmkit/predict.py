@@ -16,11 +16,25 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import LlmkitError
+from llmkit.export import is_export_folder, load_onnx_model
+from llmkit.run import Run
 
 READERS = (".csv", ".tsv", ".jsonl", ".json", ".txt")
 
 
-def read_inputs(run_dir: Path, texts: list[str], file: Path | None) -> list[dict[str, Any]]:
+def predict(run_dir: Path, texts: list[str], file: Path | None, output: Path | None, overwrite: bool) -> int:
+    """`llmkit predict`: read the inputs, run the folder's model on them, write the results; returns how many.
+    An existing `output` is refused before anything is loaded."""
+    if output is not None and output.exists() and not overwrite:
+        raise LlmkitError(f"--output {output} exists: pass --overwrite to replace it, or choose another file")
+    if output is not None and output.is_dir():
+        raise LlmkitError(f"--output {output} is a folder; give a file name")
+    records = predict_rows(run_dir, read_inputs(texts, file))
+    write(records, output)
+    return len(records)
+
+
+def read_inputs(texts: list[str], file: Path | None) -> list[dict[str, Any]]:
     """Inputs as rows: --text gives the first role (`text`); a file gives whole rows."""
     if bool(texts) == (file is not None):
         raise LlmkitError("give either --text (one or more) or --file, not both and not neither")
@@ -63,20 +77,13 @@ def parse(content: str, suffix: str, file: Path) -> list[dict[str, Any]]:
             rows.append(dict(row))
         return rows
     if suffix == ".jsonl":
-        rows = []
-        for number, line in enumerate(content.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise LlmkitError(f"--file {file}: line {number} is not JSON") from None
-            rows.append(row if isinstance(row, dict) else {"text": row})
-        return rows
+        return json_lines(content, file)
     if suffix == ".json":
         try:
             content_json = json.loads(content)
         except json.JSONDecodeError as err:
+            if err.msg == "Extra data":  # JSON lines under a .json name (as the HF example fixtures)
+                return json_lines(content, file)
             raise LlmkitError(f"--file {file}: not valid JSON (line {err.lineno})") from None
         records = content_json.get("data") if isinstance(content_json, dict) else content_json
         if not isinstance(records, list):
@@ -85,27 +92,41 @@ def parse(content: str, suffix: str, file: Path) -> list[dict[str, Any]]:
     return [{"text": line} for line in content.splitlines() if line.strip()]
 
 
+def json_lines(content: str, file: Path | None) -> list[dict[str, Any]]:
+    rows = []
+    for number, line in enumerate(content.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise LlmkitError(f"--file {file}: line {number} is not JSON") from None
+        rows.append(row if isinstance(row, dict) else {"text": row})
+    return rows
+
+
 def predict_rows(run_dir: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    from llmkit.pipeline import load_model, recipe_for_checkpoint, setup_for_inference
-    from llmkit.recipe import load_recipe
-
-    recipe_path = run_dir / "recipe.yaml"
-    if not recipe_path.is_file():
-        raise LlmkitError(f"{run_dir} is not a run folder (no recipe.yaml)")
-    recipe = recipe_for_checkpoint(load_recipe(recipe_path), run_dir)
-    run = setup_for_inference(recipe)
-    from llmkit.export import is_export_folder, load_onnx_model
-
-    model = load_onnx_model(run_dir, run) if is_export_folder(run_dir) else load_model(run)
-    inputs = as_roles(rows, recipe.data.columns)
+    """One result per row, from the run folder's model (PyTorch, or ONNX Runtime for an export folder)."""
+    run = Run.of_folder(run_dir)
+    model = load_onnx_model(run_dir, run) if is_export_folder(run_dir) else run.model()
+    inputs = as_roles(rows, run.recipe.data.columns)
     results = run.task.predict(model, run.tokenizer, inputs, run.recipe)
     return [joined(result, row) for result, row in zip(results, rows, strict=True)]
 
 
-def as_roles(rows: list[dict[str, Any]], columns: dict[str, str]) -> list[dict[str, Any]]:
-    """Rows keyed by task role: a file in the training data's own layout (`sentence`) works as is."""
-    role_of = {column: role for role, column in columns.items()}
-    return [{role_of.get(key, key): value for key, value in row.items()} for row in rows]
+def as_roles(rows: list[dict[str, Any]], columns: dict[str, str | list[str]]) -> list[dict[str, Any]]:
+    """Rows keyed by task role: a file in the training data's own layout (`sentence`, or `ending0..3` gathered
+    into `choices`) works as is."""
+    role_of = {column: role for role, column in columns.items() if isinstance(column, str)}
+    gathered = {role: names for role, names in columns.items() if isinstance(names, list)}
+    result = []
+    for row in rows:
+        mapped = {role_of.get(key, key): value for key, value in row.items()}
+        for role, names in gathered.items():
+            if role not in mapped and all(name in row for name in names):
+                mapped[role] = [row[name] for name in names]
+        result.append(mapped)
+    return result
 
 
 def joined(result: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
@@ -117,18 +138,6 @@ def joined(result: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
         elif record[key] != value and "reference" not in record:
             record["reference"] = value
     return record
-
-
-def fields_help() -> str:
-    """The input fields of each task, for `llmkit predict --help` (from the task registry)."""
-    from llmkit.tasks import TASKS
-
-    listed = []
-    for task in TASKS.values():
-        needed = [role for role in task.roles if role not in task.target_roles]
-        optional = [f"[{role}]" for role in task.optional_roles if role not in task.target_roles]
-        listed.append(f"{task.name}: {' '.join([*needed, *optional])}")
-    return "; ".join(listed)
 
 
 def write(records: list[dict[str, Any]], output: Path | None) -> None:

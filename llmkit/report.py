@@ -1,12 +1,25 @@
-"""What a run folder says about its run, for people: the model card and the loss curve (`RunFolder` writes them)."""
+"""What a run folder says about its run: the model card and the loss curve for people, and `run.json`'s facts
+for reproducing and comparing runs (`RunFolder` writes them all)."""
 
 from __future__ import annotations
 
+import platform
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llmkit import __version__
+from llmkit.data import fingerprints
+from llmkit.launch import strategy
+from llmkit.tasks.mechanisms.packing import token_count
+
 if TYPE_CHECKING:
+    from datasets import DatasetDict
+
     from llmkit.recipe import Recipe
+    from llmkit.tasks.base import Prepared
 
 
 def base_model(recipe: Recipe) -> str:
@@ -32,19 +45,16 @@ def split_metrics(metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
     return training, evaluation
 
 
-def model_card(
-    recipe: Recipe, metrics: dict[str, Any], adapter: bool, auto_class: str | None = None, command: str | None = None
-) -> str:
+def model_card(recipe: Recipe, metrics: dict[str, Any], auto_class: str, command: str | None = None) -> str:
     """A README.md that says what the model is, what it was trained on, how well it does and how to load it.
 
     `auto_class`: the Auto class the run's task used (it can depend on the architecture, e.g. T5 vs GPT-2);
     `command`: the command line that made the run."""
-    from llmkit.tasks import TASKS
-
     split = recipe.data.validation_split
     held_out = recipe.data.eval or (f"{split:.0%} of the training data, held out" if split else "none")
     training, evaluation = split_metrics(metrics)
-    auto = auto_class or TASKS[recipe.task].auto_class_name
+    auto = auto_class
+    adapter = recipe.peft is not None
     run = recipe.training.output_dir
     base = recipe.model.name_or_path or run
     load = (
@@ -134,3 +144,63 @@ def plot_losses(log_history: list[dict[str, Any]], path: Path) -> bool:
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return True
+
+
+def git_commit() -> str | None:
+    """The commit of the working folder's repository (the user's project), when there is one."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
+    except OSError:
+        return None
+    return done.stdout.strip() or None
+
+
+def peak_memory(device_type: str) -> dict[str, float]:
+    """The run's peak memory: resident set of this process (`ru_maxrss`: KiB on Linux, bytes on macOS), and on a
+    GPU the most the CUDA allocator held."""
+    import resource
+
+    import torch
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    facts = {"peak_rss_mb": round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)}
+    if device_type == "cuda" and torch.cuda.is_available():
+        facts["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return facts
+
+
+def mean_tokens(features: Any) -> float:
+    """Real (unpadded) input tokens per training example: samples/s × this = tokens/s."""
+    return token_count(features) / max(len(features), 1)
+
+
+def run_facts(recipe: Recipe, started: float, trainer: Any, prepared: Prepared, raw: DatasetDict) -> dict[str, Any]:
+    """Versions, device, seed, data fingerprints, timing and peak memory: what it takes to reproduce or compare
+    a run; and how it was spread (strategy, world size, machines, per-process and global batch), as it ran."""
+    import torch
+    import transformers
+
+    train_log = next((e for e in reversed(trainer.state.log_history) if "train_runtime" in e), {})
+    samples_per_second = train_log.get("train_samples_per_second")
+    tokens_per_second = None
+    if samples_per_second and prepared.train is not None:
+        tokens_per_second = round(samples_per_second * mean_tokens(prepared.train), 1)
+    return {
+        "llmkit": __version__,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "git_commit": git_commit(),
+        "seed": recipe.training.seed,
+        "device": str(trainer.args.device),
+        **strategy(trainer),
+        "data_fingerprints": fingerprints(recipe.data, raw),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "ended": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "wall_seconds": round(time.time() - started, 2),
+        "train_runtime": train_log.get("train_runtime"),
+        "train_samples_per_second": samples_per_second,
+        "tokens_per_second": tokens_per_second,
+        "global_step": trainer.state.global_step,
+        **peak_memory(trainer.args.device.type),
+    }

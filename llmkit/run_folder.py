@@ -1,11 +1,10 @@
-"""The run folder: the one writer of a run's files, and the judge of which folders llmkit may replace.
+"""The run folder: the one writer of a run's files, and the one place that knows their names.
 
-A folder is an llmkit run folder when it holds the marker file `.llmkit` (written when llmkit creates the
-folder), never by a guess from file names. `--overwrite` replaces only such a folder, never one that holds
-the user's recipe, data, model or tokenizer, and only once the new run has succeeded: a replacing run is
-written to a staging folder beside the target and swapped in at the end, so a failed, diverged or
-interrupted run leaves the previous one byte for byte as it was. One run at a time: a lock file inside the
-target names the process that holds it.
+`--overwrite` replaces only a folder llmkit wrote (`folder_guard` judges which), and only once the new run
+has succeeded: a replacing run is written to a staging folder beside the target and swapped in at the end,
+so a failed, diverged or interrupted run leaves the previous one byte for byte as it was. Everything a run
+leaves (model, recipe, metrics, predictions, model card, `run.json`, `loss.png`, the Trainer's state, and
+`eval/<name>/` of later evaluations) is written through `RunFolder`, by the main process only.
 """
 
 from __future__ import annotations
@@ -14,25 +13,48 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from llmkit import __version__
+from llmkit import __version__, report
 from llmkit.errors import LlmkitError
+from llmkit.folder_guard import (
+    LOCK,
+    MARKER,
+    check_unlocked,
+    check_writable,
+    is_empty,
+    is_llmkit_folder,
+    marker_kind,
+    previous_path,
+    refuse_inside_inputs,
+    refuse_to_replace,
+    release_lock,
+    staging_path,
+    take_lock,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, Trainer
 
     from llmkit.recipe import Recipe
 
-MARKER = ".llmkit"
-LOCK = ".llmkit.lock"
+__all__ = ["LOCK", "MARKER", "RunFolder", "is_llmkit_folder", "marker_kind"]
+
+RECIPE_FILE = "recipe.yaml"
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.jsonl"
+CARD_FILE = "README.md"
+FACTS_FILE = "run.json"
+PLOT_FILE = "loss.png"
+CONFIG_FILE = "config.json"
+ADAPTER_FILE = "adapter_config.json"
+EVAL_FOLDER = "eval"
 #: a model folder (a run, a merge, a hub download) holds one of these
-MODEL_FILES = ("config.json", "adapter_config.json")
+MODEL_FILES = (CONFIG_FILE, ADAPTER_FILE)
 
 
 def is_main_process() -> bool:
@@ -40,33 +62,42 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def marker_kind(path: Path) -> str | None:
-    """The kind of folder llmkit wrote here (`run`, `merge`, `export`), from its marker; None when the marker
-    is missing or is not one llmkit wrote (an empty or foreign `.llmkit` file does not count)."""
-    try:
-        marker = json.loads((path / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(marker, dict) or marker.get("written_by") != "llmkit":
-        return None
-    kind = marker.get("kind")
-    return kind if isinstance(kind, str) else None
-
-
-def is_llmkit_folder(path: Path) -> bool:
-    return marker_kind(path) is not None
-
-
-#: the folders llmkit keeps beside a target while it replaces it
-SIDE_FOLDERS = (".llmkit-staging", ".llmkit-previous")
+# --------------------------------------------------------------------------- what a folder holds
 
 
 def is_model_folder(path: Path) -> bool:
     return path.is_dir() and any((path / name).is_file() for name in MODEL_FILES)
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
+def is_adapter_folder(path: str | Path | None) -> bool:
+    """A LoRA run folder: the trained adapter, whose base weights live elsewhere."""
+    return path is not None and (Path(path) / ADAPTER_FILE).is_file()
+
+
+def adapter_base(path: Path) -> str:
+    """The base checkpoint a PEFT adapter folder was trained from."""
+    try:
+        base = json.loads((path / ADAPTER_FILE).read_text(encoding="utf-8"))["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise LlmkitError(f"{path}: {ADAPTER_FILE} is damaged (not JSON naming `base_model_name_or_path`)") from None
+    return str(base)
+
+
+def recipe_path(folder: Path) -> Path:
+    """The resolved recipe a run folder keeps; a one-line error when the folder has none."""
+    path = folder / RECIPE_FILE
+    if not path.is_file():
+        raise LlmkitError(f"{folder} is not a run folder (no {RECIPE_FILE}; was it written by llmkit?)")
+    return path
+
+
+def read_metrics(folder: Path) -> dict[str, Any] | None:
+    """The metrics a training run wrote (None when there are none to read)."""
+    try:
+        content = json.loads((folder / METRICS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return content if isinstance(content, dict) else None
 
 
 def local_inputs(recipe: Recipe) -> list[tuple[str, Path]]:
@@ -82,64 +113,17 @@ def local_inputs(recipe: Recipe) -> list[tuple[str, Path]]:
     return inputs
 
 
-def refuse_to_replace(
-    path: Path, protected: Iterable[tuple[str, Path]], kind: str = "run", field_name: str = "`training.output_dir`"
-) -> None:
-    """Why `path` may not be replaced, as a one-line error; returns when it may."""
-    option = "--overwrite"
-    target = path.resolve()
-    cwd = Path.cwd().resolve()
-    if _inside(cwd, target):
-        where = "the working folder" if target == cwd else f"an ancestor of the working folder ({cwd})"
-        raise LlmkitError(f"{option} refuses {path}: it is {where}; choose another {field_name}")
-    if target == Path.home().resolve() or target.parent == target:
-        raise LlmkitError(f"{option} refuses {path}: it is the {'home' if target.parent != target else 'root'} folder")
-    for name, item in protected:
-        if _inside(item.resolve(), target):
-            raise LlmkitError(f"{option} refuses {path}: it holds {name} ({item}); choose another output folder")
-    found = marker_kind(path)
-    if found is None:
-        raise LlmkitError(
-            f"{option} refuses {path}: llmkit did not write it (no {MARKER} marker); "
-            "move or delete it yourself, or choose another output folder"
-        )
-    if found != kind:
-        raise LlmkitError(f"{option} refuses {path}: it holds an llmkit {found} folder, not a {kind} folder")
+def numeric_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Numbers only (JSON has no NaN): non-finite values are kept as strings."""
+    return {
+        key: value if math.isfinite(value) else str(value)
+        for key, value in metrics.items()
+        if isinstance(value, int | float)
+    }
 
 
-def _is_empty(path: Path) -> bool:
-    return path.is_dir() and not any(path.iterdir())
-
-
-def _check_writable(path: Path, field_name: str) -> None:
-    if path.is_symlink() and not path.exists():
-        raise LlmkitError(f"{field_name}: {path} is a symbolic link to nothing ({os.readlink(path)})")
-    if path.name.endswith(SIDE_FOLDERS):
-        raise LlmkitError(f"{field_name}: {path} is a folder llmkit keeps beside a run while replacing it")
-    if path.exists() and not path.is_dir():
-        raise LlmkitError(f"{field_name}: {path} exists and is not a folder")
-    if path.is_dir():  # test it without writing into it: a refused command leaves the folder as it was
-        if not os.access(path, os.W_OK):
-            raise LlmkitError(f"{field_name}: {path} is not writable")
-        return
-    existing = path.absolute()
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise LlmkitError(f"{field_name}: cannot create {path}: {existing} is a file")
-    if not _can_write_in(existing):
-        raise LlmkitError(f"{field_name}: {existing} is not writable")
-
-
-def _can_write_in(folder: Path) -> bool:
-    """Try it (a permission check alone is wrong for root, read-only mounts and full disks)."""
-    import tempfile
-
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            return True
-    except OSError:
-        return False
+def timestamp(seconds: float | None = None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(seconds))
 
 
 @dataclass
@@ -159,13 +143,12 @@ class RunFolder:
         cls, target: Path, overwrite: bool, resume: bool, protected: Iterable[tuple[str, Path]]
     ) -> RunFolder:
         """Check that a run may write `target` (nothing is written yet)."""
-        field_name = "recipe field `training.output_dir`"
         target = Path(os.path.normpath(target))
         if overwrite and resume:
             raise LlmkitError("--resume continues the run in the output folder; --overwrite replaces it: pick one")
-        _check_writable(target, field_name)
+        check_writable(target, "recipe field `training.output_dir`")
         check_unlocked(target)
-        replacing = target.is_dir() and not _is_empty(target)
+        replacing = target.is_dir() and not is_empty(target)
         if replacing and not (overwrite or resume):
             raise LlmkitError(
                 f"output folder {target} is not empty: pass --overwrite to replace it or --resume to continue it"
@@ -179,19 +162,21 @@ class RunFolder:
 
     @classmethod
     def for_output(cls, target: Path, overwrite: bool, protected: Iterable[tuple[str, Path]], kind: str) -> RunFolder:
-        """A folder written in one go (`merge`, `export`): staged, then moved in place. It may not lie inside
-        one of the inputs (a later `--overwrite` of that input would take it along)."""
+        """A folder written in one go (`merge`, `export`): staged, then moved in place."""
         target = Path(os.path.normpath(target))
-        for name, item in protected:
-            if item.is_dir() and item.resolve() in target.resolve().parents:
-                raise LlmkitError(f"OUT_DIR {target} lies inside {name} ({item}); choose a folder outside it")
-        _check_writable(target, "OUT_DIR")
+        refuse_inside_inputs(target, protected)
+        check_writable(target, "OUT_DIR")
         check_unlocked(target)
-        if target.is_dir() and not _is_empty(target):
+        if target.is_dir() and not is_empty(target):
             if not overwrite:
                 raise LlmkitError(f"output folder {target} is not empty: pass --overwrite to replace it")
             refuse_to_replace(target, protected, kind, "OUT_DIR")
         return cls(target, staging_path(target), kind)
+
+    @classmethod
+    def existing(cls, folder: Path) -> RunFolder:
+        """A finished run folder that gains files in place (a later evaluation's `eval/<name>/`)."""
+        return cls(folder, folder)
 
     @property
     def replacing(self) -> bool:
@@ -206,7 +191,7 @@ class RunFolder:
             return
         self.target.mkdir(parents=True, exist_ok=True)
         self._lock = take_lock(self.target)
-        if self.replacing and self.work.exists() and not _is_empty(self.work):
+        if self.replacing and self.work.exists() and not is_empty(self.work):
             if not is_llmkit_folder(self.work):
                 self.release()
                 raise LlmkitError(f"{self.work} is in the way of the staging folder and llmkit did not write it")
@@ -221,7 +206,7 @@ class RunFolder:
     def commit(self) -> None:
         """A replacing run succeeded: swap it in for the previous one (two renames; the old one goes last)."""
         if is_main_process() and self.replacing:
-            previous = self.target.parent / f".{self.target.name}.llmkit-previous"
+            previous = previous_path(self.target)
             if previous.exists():
                 shutil.rmtree(previous)
             os.rename(self.target, previous)
@@ -246,30 +231,83 @@ class RunFolder:
         found = [p for p in self.work.glob("checkpoint-*") if p.name.removeprefix("checkpoint-").isdigit()]
         return [p.name for p in sorted(found, key=lambda p: int(p.name.removeprefix("checkpoint-")))]
 
+    def interrupted_message(self, step: int) -> str:
+        saved = self.work / f"checkpoint-{step}"
+        if self.replacing:
+            return (
+                f"interrupted at step {step}; the previous run in {self.target} is untouched and the new run's "
+                f"checkpoint is in {saved} (delete {self.work} to drop it)"
+            )
+        return f"interrupted at step {step}; checkpoint saved in {saved}"
+
+    def diverged_message(self, what: str) -> str:
+        """Names only checkpoints that exist: a replacing run's are dropped with it, the previous run stays."""
+        advice = "lower training.learning_rate (or set training.max_grad_norm)"
+        if self.replacing:
+            kept = f"the previous run in {self.target} is untouched"
+            return f"training diverged: {what}; {advice}; no model was written and {kept}"
+        kept = self.checkpoints()
+        where = f"checkpoints kept in {self.work}: {', '.join(kept)}" if kept else "no checkpoint was saved before it"
+        return f"training diverged: {what}; {advice}; no final model was written ({where})"
+
     # ------------------------------------------------------------------ writing (main process only)
 
     def write_json(self, name: str, content: Any) -> Path:
         return write_json(self.work / name, content)
 
-    def write_predictions(self, predictions: list[dict[str, Any]], name: str = "predictions.jsonl") -> Path:
-        path = self.work / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(".tmp")
-        with temporary.open("w", encoding="utf-8") as handle:
-            for record in predictions:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(temporary, path)
-        return path
-
     def write_text(self, name: str, text: str) -> Path:
         path = self.work / name
+        path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(path.suffix + ".tmp")
         temporary.write_text(text, encoding="utf-8")
         os.replace(temporary, path)
         return path
 
+    def write_predictions(self, predictions: list[dict[str, Any]], name: str = PREDICTIONS_FILE) -> Path:
+        return self.write_text(name, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in predictions))
+
     def write_recipe(self, recipe: Recipe) -> Path:
-        return self.write_text("recipe.yaml", recipe.to_yaml())
+        return self.write_text(RECIPE_FILE, recipe.to_yaml())
+
+    def copy_recipe(self, source: Path) -> Path:
+        """A derived folder (`merge`, `export`) keeps the recipe of the run it came from."""
+        return self.write_text(RECIPE_FILE, recipe_path(source).read_text(encoding="utf-8"))
+
+    def write_run(
+        self,
+        trainer: Trainer,
+        recipe: Recipe,
+        metrics: dict[str, Any],
+        predictions: list[dict[str, Any]] | None,
+        card: str,
+        facts: dict[str, Any],
+    ) -> None:
+        """Everything a finished run leaves besides its weights."""
+        trainer.save_state()  # trainer_state.json (in `work`, the Trainer's output_dir): the full log history
+        if recipe.peft is not None:  # the tuned config (label maps, pad id) beside the adapter
+            base = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
+            base.config.save_pretrained(str(self.work))
+        self.write_recipe(recipe)
+        self.write_json(METRICS_FILE, numeric_metrics(metrics))
+        if predictions is not None:
+            self.write_predictions(predictions)
+        report.plot_losses(trainer.state.log_history, self.work / PLOT_FILE)
+        self.write_text(CARD_FILE, card)
+        self.write_json(FACTS_FILE, facts)
+
+    def evaluation_folder(self, name: str) -> Path:
+        return self.work / EVAL_FOLDER / name
+
+    def write_evaluation(self, name: str, metrics: dict[str, Any], predictions: list[dict[str, Any]] | None) -> Path:
+        """A later evaluation's results, in `eval/<name>/`: the training run's own metrics stay as they were."""
+        written = self.evaluation_folder(name)
+        write_json(written / METRICS_FILE, numeric_metrics(metrics))
+        if predictions is not None:
+            self.write_predictions(predictions, str(written.relative_to(self.work) / PREDICTIONS_FILE))
+        return written
+
+    def write_card(self, card: str) -> Path:
+        return self.write_text(CARD_FILE, card)
 
     def save_model(self, trainer: Trainer, tokenizer: PreTrainedTokenizerBase) -> None:
         """Write the final model next to the run, then move it in: an interrupted save never leaves a half model.
@@ -292,75 +330,6 @@ class RunFolder:
         tokenizer.save_pretrained(str(self.work))
 
 
-def staging_path(target: Path) -> Path:
-    """Beside the target (same filesystem, so the final swap is a rename), hidden, named after it."""
-    return target.parent / f".{target.name}.llmkit-staging"
-
-
-# --------------------------------------------------------------------------- the lock
-
-
-def _lock_holder(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8").strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
-def check_unlocked(target: Path) -> None:
-    """Exit 2 when another live run holds the folder's lock (checked before anything is loaded)."""
-    lock = target / LOCK
-    if not lock.is_file():
-        return
-    handle = _try_lock(lock, create=False)
-    if handle is None:
-        raise LlmkitError(
-            f"output folder {target} is in use by another llmkit run (pid {_lock_holder(lock)}); "
-            "wait for it to finish or choose another `training.output_dir`"
-        )
-    handle.close()
-
-
-def _try_lock(path: Path, create: bool) -> IO[str] | None:
-    """An open handle holding an exclusive lock on `path`, or None when another process holds it."""
-    import fcntl
-
-    try:
-        handle = path.open("a+" if create else "r+", encoding="utf-8")
-    except OSError:
-        return None
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        return None
-    return handle
-
-
-def take_lock(target: Path) -> IO[str]:
-    """Hold the target's lock for this run; a lock left by a process that died is taken over with a note."""
-    path = target / LOCK
-    stale = _lock_holder(path) if path.is_file() else None
-    handle = _try_lock(path, create=True)
-    if handle is None:
-        raise LlmkitError(
-            f"output folder {target} is in use by another llmkit run (pid {_lock_holder(path)}); "
-            "wait for it to finish or choose another `training.output_dir`"
-        )
-    if stale is not None:
-        print(f"note: took over the lock on {target} left by pid {stale}, which no longer holds it", file=sys.stderr)
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return handle
-
-
-def release_lock(handle: IO[str], target: Path) -> None:
-    (target / LOCK).unlink(missing_ok=True)
-    handle.close()
-
-
 # --------------------------------------------------------------------------- files
 
 
@@ -376,19 +345,6 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     return str(value)
-
-
-def numeric_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Numbers only; non-finite values kept as strings JSON can hold."""
-    result: dict[str, Any] = {}
-    for key, value in metrics.items():
-        if isinstance(value, int | float):
-            result[key] = value if math.isfinite(value) else str(value)
-    return result
-
-
-def timestamp(seconds: float | None = None) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(seconds))
 
 
 def safetensors_problem(path: Path) -> str | None:
@@ -409,12 +365,10 @@ def safetensors_problem(path: Path) -> str | None:
         return "is missing"
     except (OSError, ValueError, UnicodeDecodeError):
         return "is not a safetensors file (unreadable header)"
-    if not isinstance(header, dict) or not all(
-        isinstance(entry, dict) and "data_offsets" in entry for key, entry in header.items() if key != "__metadata__"
-    ):
+    entries = [entry for key, entry in header.items() if key != "__metadata__"] if isinstance(header, dict) else None
+    if entries is None or not all(isinstance(entry, dict) and "data_offsets" in entry for entry in entries):
         return "is not a safetensors file"
-    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
-    expected = 8 + length + max(ends, default=0)
+    expected = 8 + length + max((entry["data_offsets"][1] for entry in entries), default=0)
     if size < expected:
         return f"is truncated ({size} of {expected} bytes)"
     return None

@@ -116,13 +116,21 @@ def _finish_mlflow(tracker: Any, recipe: Any, final: dict[str, float], files: li
         client.log_artifact(run_id, str(path))
     if hasattr(mlflow, "flush_async_logging"):
         mlflow.flush_async_logging()
+    _end_mlflow_run(tracker)
+    say(f"MLflow run {run_id}: recipe, metrics and {len(files)} artifact(s) logged to {mlflow.get_tracking_uri()}")
+
+
+def _end_mlflow_run(tracker: Any, status: str = "FINISHED") -> None:
+    """End the tracked run: through the fluent API when it is the active run, else through the client."""
+    import mlflow
+
+    run_id = tracker.mlflow_run
     active = mlflow.active_run()
     if active is not None and active.info.run_id == run_id:
-        mlflow.end_run()
+        mlflow.end_run(status=status)
     else:
-        client.set_terminated(run_id)
+        mlflow.tracking.MlflowClient().set_terminated(run_id, status=status)
     tracker.mlflow_run = None
-    say(f"MLflow run {run_id}: recipe, metrics and {len(files)} artifact(s) logged to {mlflow.get_tracking_uri()}")
 
 
 def _finish_wandb(recipe: Any, final: dict[str, float], files: list[Path]) -> None:
@@ -146,16 +154,9 @@ def abandon(trainer: Any, status: str = "FAILED") -> None:
     try:
         wanted = integrations(trainer.args)
         if "mlflow" in wanted:
-            import mlflow
-
             tracker = _tracker(trainer)
             if tracker is not None and tracker.mlflow_run is not None:
-                active = mlflow.active_run()
-                if active is not None and active.info.run_id == tracker.mlflow_run:
-                    mlflow.end_run(status=status)
-                else:
-                    mlflow.tracking.MlflowClient().set_terminated(tracker.mlflow_run, status=status)
-                tracker.mlflow_run = None
+                _end_mlflow_run(tracker, status)
         if "wandb" in wanted:
             import wandb
 

@@ -1,4 +1,5 @@
-"""TrainingArguments and Trainer construction: the recipe's `training:` plus llmkit's safe defaults."""
+"""TrainingArguments and Trainer construction (the recipe's `training:` plus llmkit's safe defaults), and the
+guards a training run runs under: a non-finite loss stops it, a signal stops it at a step with a checkpoint."""
 
 from __future__ import annotations
 
@@ -7,11 +8,15 @@ import math
 import os
 import signal
 import threading
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llmkit import early_stopping
+from llmkit.checkpoints import latest_checkpoint as latest_checkpoint  # where the tests and scripts look for it
 from llmkit.console import on_terminal
-from llmkit.errors import LlmkitError
+from llmkit.errors import Interrupted, LlmkitError
+from llmkit.launch import strategy, strategy_lines
+from llmkit.models import is_decoder_only
+from llmkit.tasks.base import TokenMeanCrossEntropy, loss_counts_tokens
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
@@ -27,7 +32,7 @@ def default_arguments() -> dict[str, Any]:
     # `--cpu` (or accelerate's own ACCELERATE_USE_CPU) keeps a GPU machine's processes on the CPU.
     on_gpu = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true")
     return {
-        # Tasks produce exactly the columns their collator needs (MLM's special-token mask, for one).
+        # Tasks produce exactly the columns their collator needs (a special-token mask, for one).
         "remove_unused_columns": False,
         "report_to": ["tensorboard"] if importlib.util.find_spec("tensorboard") else "none",
         "use_cpu": not on_gpu,
@@ -48,8 +53,6 @@ def default_arguments() -> dict[str, Any]:
 def training_arguments(recipe: Recipe, **overrides: Any) -> TrainingArguments:
     """The recipe's `training:` section as TrainingArguments (Seq2Seq's superset, valid for every Trainer)."""
     from transformers import Seq2SeqTrainingArguments
-
-    from llmkit import early_stopping
 
     chosen = early_stopping.arguments(recipe, {**recipe.training.arguments(), **overrides})
     kwargs = {**default_arguments(), **chosen}
@@ -201,22 +204,18 @@ def build_trainer(
     With many processes (`average_tokens_across_devices`, on by default) the Trainer divides the loss by the
     token count of all processes and accumulation steps and multiplies it by the world size, when the
     model's `forward` takes `**kwargs`; that is right only for a loss that used the count. So: a loss over
-    examples (classification, spans) is left a per-process mean with averaged gradients; a token-mean loss
+    examples (one label or span each) is left a per-process mean with averaged gradients; a token-mean loss
     is the model's own where it uses the count (GPT-2), else computed from the logits (`TokenMeanCrossEntropy`:
     BERT's masked LM, T5, BART). In training, rank 0 says in one line how the run is spread (`launch.strategy`).
     """
     from transformers import TrainerCallback
-
-    from llmkit.launch import strategy, strategy_lines
-    from llmkit.models import is_decoder_only
-    from llmkit.tasks.base import TokenMeanCrossEntropy, loss_counts_tokens
 
     collator = task.collator(recipe, tokenizer, model)
     own_loss = task.loss_is_token_mean and loss_counts_tokens(model)
     # Decoder-only labels are shifted inside the model, so only its own loss can count them right; one that
     # does not use the count keeps a per-process mean (exact when every process has as many target tokens).
     from_logits = task.loss_is_token_mean and not own_loss and not is_decoder_only(model.config)
-    if hasattr(collator, "on_epoch_begin"):  # a collator that draws per epoch (MLM masks) hears of each epoch
+    if hasattr(collator, "on_epoch_begin"):  # a collator that draws per epoch (random masks) hears of each epoch
 
         class EpochToCollator(TrainerCallback):
             def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -242,90 +241,6 @@ def build_trainer(
         for line in strategy_lines(strategy(trainer), args):
             print(line, flush=True)
     return trainer
-
-
-def latest_checkpoint(output: Path) -> Path | None:
-    """The newest complete checkpoint: `trainer_state.json` is written last, so a folder without it was cut short."""
-    complete = [
-        folder
-        for folder in output.glob("checkpoint-*")
-        if folder.name.removeprefix("checkpoint-").isdigit() and (folder / "trainer_state.json").is_file()
-    ]
-    return max(complete, key=lambda folder: int(folder.name.removeprefix("checkpoint-")), default=None)
-
-
-def resolve_resume(output: Path, resume: str | bool | None, max_steps: int) -> str | None:
-    """`--resume latest` (True) → the newest complete checkpoint in the run folder; `--resume PATH` → that folder.
-
-    A checkpoint must hold everything that makes the continued run the same run (weights, optimizer,
-    scheduler, random state); a run that already reached its last step is not continued."""
-    if not resume:
-        return None
-    if resume is True:
-        found = latest_checkpoint(output)
-        if found is None:
-            raise LlmkitError(f"--resume: no complete checkpoint in {output} (nothing to continue; drop --resume)")
-        path = found
-    else:
-        path = Path(resume).expanduser()
-        if not (path / "trainer_state.json").is_file():
-            raise LlmkitError(f"--resume {path}: not a checkpoint folder (no trainer_state.json)")
-    check_checkpoint(path)
-    state = read_state(path)
-    planned = max_steps if max_steps > 0 else int(state.get("max_steps") or 0)
-    step = int(state.get("global_step") or 0)
-    if planned and step >= planned:
-        raise LlmkitError(
-            f"--resume: the run in {output} already finished at step {step} (max_steps {planned}); "
-            "raise training.max_steps to train further"
-        )
-    return str(path)
-
-
-def read_state(checkpoint: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise LlmkitError(f"--resume {checkpoint}: trainer_state.json is not readable JSON") from None
-    if not isinstance(state, dict):
-        raise LlmkitError(f"--resume {checkpoint}: trainer_state.json is not a Trainer state")
-    return state
-
-
-def check_checkpoint(path: Path) -> None:
-    """Exit 2 naming the file a checkpoint lacks (never a silent fresh optimizer) or the weights cut short."""
-    from llmkit.run_folder import check_weights
-
-    if any(path.glob("global_step*")):
-        return  # a DeepSpeed checkpoint: DeepSpeed checks its own shards
-    sharded = any(path.glob("pytorch_model_fsdp*")) or any(path.glob("optimizer_*"))
-    needed = [] if sharded else ["optimizer.pt"]
-    needed.append("scheduler.pt")
-    weights = [p for p in path.glob("*.safetensors")]
-    if not weights and not sharded:
-        raise LlmkitError(f"--resume {path}: no model weights (*.safetensors) in the checkpoint")
-    for name in needed:
-        if not (path / name).is_file():
-            raise LlmkitError(f"--resume {path}: {name} is missing (the run could not continue exactly)")
-    if not any(path.glob("rng_state*.pth")):
-        raise LlmkitError(f"--resume {path}: rng_state.pth is missing (the run could not continue exactly)")
-    check_weights(path, "--resume")
-    for saved in sorted([*path.glob("*.pt"), *path.glob("*.pth")]):
-        if not whole_torch_file(saved):
-            raise LlmkitError(f"--resume {path}: {saved.name} is truncated or damaged")
-
-
-def whole_torch_file(path: Path) -> bool:
-    """torch.save writes a zip archive: every member's checksum must hold (a cut-off copy fails here)."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return archive.testzip() is None
-    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
-        return False
 
 
 class StopOnSignal:
@@ -358,8 +273,6 @@ class StopOnSignal:
 
     def raise_if_signalled(self, folder: Any) -> None:
         """A signal that came after the last step: stop before the run is saved or swapped in."""
-        from llmkit.errors import Interrupted
-
         if self.signal is not None:
             kept = f"the previous run in {folder.target} is untouched" if folder.replacing else "checkpoints are kept"
             raise Interrupted(

@@ -1,4 +1,5 @@
-"""Tiny recipes and subprocess helpers shared by the LoRA, multi-process and resume tests.
+"""Tiny recipes and run-history helpers shared by the LoRA, multi-process and resume tests (the CLI runners
+are tiny_recipe.py's).
 
 Everything is offline and small: a 2-layer GPT-2 built from config, a tokenizer trained on the built-in
 Python-docs corpus, 32-token blocks. One BLAS thread per process: on a shared 2-core machine more threads
@@ -8,13 +9,12 @@ make a tiny model many times slower.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
+from tests.tiny_recipe import llmkit_command, one_thread, run_llmkit, subprocess_env, write_recipe
+
+__all__ = ["llmkit_command", "run_llmkit", "subprocess_env", "write_recipe"]  # the runners, from tiny_recipe
 
 NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
 
@@ -49,49 +49,14 @@ def clm_recipe(output: Path, dropout: bool = True, **training: Any) -> dict[str,
     }
 
 
-def write_recipe(path: Path, content: dict[str, Any]) -> Path:
-    path.write_text(yaml.safe_dump(content, sort_keys=False), encoding="utf-8")
-    return path
-
-
-def subprocess_env() -> dict[str, str]:
-    environment = dict(os.environ)
-    environment.update(
-        OMP_NUM_THREADS="1",
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        PYTHONUNBUFFERED="1",
-    )
-    environment.pop("LLMKIT_DEBUG", None)
-    return environment
-
-
-def llmkit_command(*args: Any) -> list[str]:
-    """`python -m llmkit ARGS` with this interpreter, so no PATH lookup is involved."""
-    return [sys.executable, "-m", "llmkit", *map(str, args)]
-
-
-def run_llmkit(*args: Any, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        llmkit_command(*args), env=subprocess_env(), capture_output=True, text=True, timeout=timeout, check=False
-    )
-
-
 def train_in_process(recipe_path: Path, *overrides: str, resume: bool = False) -> tuple[dict[str, Any], list[dict]]:
     """Train through `pipeline.train` with one BLAS thread; returns (metrics, log history)."""
-    import torch
-
     from llmkit import pipeline
     from llmkit.recipe import load_recipe
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         recipe = load_recipe(recipe_path, list(overrides))
         metrics = pipeline.train(recipe, resume=resume)
-    finally:
-        torch.set_num_threads(before)
     return metrics, log_history(Path(recipe.training.output_dir))
 
 

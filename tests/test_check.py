@@ -5,24 +5,17 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tiny_recipe import clm_recipe, invoke, one_thread, tiny_bert, write_corpus, write_recipe
 
 from llmkit.check import Lengths, planned_steps
 from llmkit.recipe import recipe_from_mapping
+from tests.tiny_recipe import clm_recipe, invoke, tiny_bert, write_corpus, write_recipe
 
 WIDE = {"COLUMNS": "200"}  # rich tables on one line each, whatever the terminal
 LONG_ROWS = 7
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    with one_thread():
-        yield
 
 
 @pytest.fixture
@@ -97,7 +90,7 @@ def test_check_marks_masked_tokens_for_mlm_and_labels_for_classification(tmp_pat
     text = write_corpus(tmp_path / "train.txt")
     mlm = clm_recipe(text, tmp_path / "mlm")
     mlm.update(task="mlm", model={"from_config": bert}, tokenizer={"train": {"kind": "wordpiece", "vocab_size": 200}})
-    mlm["data"]["mlm_probability"] = 0.3
+    mlm["mlm"] = {"probability": 0.3}
     result = invoke("check", write_recipe(tmp_path / "mlm.yaml", mlm), env=WIDE)
     assert result.exit_code == 0, (result.stderr, result.exception)
     examples = re.findall(r"^  \d: '(.*)'$", result.stdout, re.MULTILINE)

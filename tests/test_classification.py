@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from llmkit.errors import LlmkitError
 from llmkit.recipe import recipe_from_mapping
 from tests.conftest import REPO
-from tests.tiny_recipe import invoke, one_thread, tiny_bert
+from tests.tiny_recipe import invoke, one_thread, task_recipe, write_jsonl
 
 REVIEWS_TRAIN = REPO / "recipes/ci/data/reviews-train.jsonl"
 REVIEWS_EVAL = REPO / "recipes/ci/data/reviews-eval.jsonl"
@@ -21,28 +22,17 @@ def data_overrides() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def bert_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("bert-cls") / "run"
-    with one_thread():
-        result = invoke("finetune", "ci/tiny-bert-classification", f"training.output_dir={out}", *data_overrides())
-    assert result.exit_code == 0, result.output
-    return out
+def bert_run(ci_run: Callable[[str], Path]) -> Path:
+    """The shipped recipe's run (its bars and `eval --check` are test_recipes_contract.py's)."""
+    return ci_run("tiny-bert-classification")
 
 
-def test_bert_learns_string_labels_and_meets_its_gates(bert_run: Path) -> None:
+def test_bert_learns_string_labels_into_the_config(bert_run: Path) -> None:
     metrics = json.loads((bert_run / "metrics.json").read_text())
-    assert metrics["eval_accuracy"] >= 0.9 and metrics["eval_f1"] >= 0.9, metrics
     assert 0 <= metrics["eval_f1"] <= 1
     config = json.loads((bert_run / "config.json").read_text())
     assert config["id2label"] == {"0": "negative", "1": "neutral", "2": "positive"}
     assert config["problem_type"] == "single_label_classification"
-
-
-def test_eval_check_keeps_the_trained_label_map(bert_run: Path) -> None:
-    with one_thread():
-        result = invoke("eval", "ci/tiny-bert-classification", "--check", "--checkpoint", bert_run, *data_overrides())
-    assert result.exit_code == 0, result.output
-    assert "expectations met" in result.output
 
 
 def test_eval_reads_only_the_eval_data(bert_run: Path, tmp_path: Path) -> None:
@@ -79,47 +69,34 @@ def test_predict_prints_label_names(bert_run: Path) -> None:
     assert all(0.33 < row["probability"] <= 1 for row in rows)
 
 
-def test_gpt2_classifier_with_pad_token(tmp_path: Path) -> None:
-    from llmkit import pipeline
-    from llmkit.recipe import load_recipe
-
-    recipe = load_recipe(
-        REPO / "recipes/ci/tiny-gpt2-classification.yaml",
-        [f"training.output_dir={tmp_path / 'run'}", *data_overrides()],
-    )
-    with one_thread():
-        metrics = pipeline.train(recipe)
-    assert metrics["eval_accuracy"] >= 0.9, metrics
-    config = json.loads((tmp_path / "run" / "config.json").read_text())
-    tokenizer = json.loads((tmp_path / "run" / "tokenizer_config.json").read_text())
+def test_gpt2_classifier_with_pad_token(ci_run: Callable[[str], Path]) -> None:
+    run = ci_run("tiny-gpt2-classification")
+    config = json.loads((run / "config.json").read_text())
+    tokenizer = json.loads((run / "tokenizer_config.json").read_text())
     assert config["pad_token_id"] is not None and tokenizer["pad_token"] == "<|endoftext|>"
 
 
 # --------------------------------------------------------------------------- labels, pairs, regression
 
 
-def tiny_recipe(train: Path, eval_file: Path | None = None, **data: object) -> object:
-    return recipe_from_mapping(
-        {
-            "task": "classification",
-            "model": {"from_config": tiny_bert()},
-            "tokenizer": {"train": {"kind": "wordpiece", "vocab_size": 100, "min_frequency": 1}},
-            "data": {"train": str(train), **({"eval": str(eval_file)} if eval_file else {}), "max_length": 32, **data},
-            "training": {"output_dir": str(train.parent / "run"), "max_steps": 2},
-        }
+def classifier(train: Path, eval_file: Path | None = None, **data: object) -> object:
+    content = task_recipe(
+        "classification",
+        train,
+        train.parent / "run",
+        eval=eval_file,
+        vocab_size=100,
+        data={"max_length": 32, **data},
+        training={"max_steps": 2},
     )
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
+    return recipe_from_mapping(content)
 
 
 def test_text_pairs_int_labels_and_dynamic_padding(tmp_path: Path) -> None:
     from llmkit import pipeline
 
     rows = [{"a": f"word{i} here", "b": "and a much longer second text " * (i % 3 + 1), "y": i % 3} for i in range(12)]
-    recipe = tiny_recipe(
+    recipe = classifier(
         write_jsonl(tmp_path / "pairs.jsonl", rows), columns={"text": "a", "text_pair": "b", "label": "y"}
     )
     run = pipeline.setup(recipe)
@@ -137,7 +114,7 @@ def test_float_labels_make_a_regression_head(tmp_path: Path) -> None:
     from llmkit import pipeline
 
     rows = [{"text": f"score {i}", "label": i / 4} for i in range(8)]
-    recipe = tiny_recipe(write_jsonl(tmp_path / "scores.jsonl", rows))
+    recipe = classifier(write_jsonl(tmp_path / "scores.jsonl", rows))
     run = pipeline.setup(recipe)
     assert run.config.problem_type == "regression" and run.config.num_labels == 1
     prepared = run.task.preprocess(recipe, run.raw, run.tokenizer)
@@ -148,7 +125,7 @@ def test_missing_label_names_the_column_and_row(tmp_path: Path) -> None:
     from llmkit import pipeline
 
     rows = [{"text": "fine", "mood": "good"}, {"text": "bad", "mood": None}, {"text": "ok", "mood": "good"}]
-    recipe = tiny_recipe(write_jsonl(tmp_path / "d.jsonl", rows), columns={"label": "mood"})
+    recipe = classifier(write_jsonl(tmp_path / "d.jsonl", rows), columns={"label": "mood"})
     with pytest.raises(LlmkitError, match=r"data column `mood` is empty in train row 1"):
         pipeline.setup(recipe)
 
@@ -159,7 +136,7 @@ def test_label_types_mixed_across_splits_are_refused(tmp_path: Path) -> None:
     train = write_jsonl(tmp_path / "train.jsonl", [{"text": "a", "label": 0}, {"text": "b", "label": 1}])
     evaluation = write_jsonl(tmp_path / "eval.jsonl", [{"text": "a", "label": "pos"}])
     with pytest.raises(LlmkitError, match=r"data column `label` mixes label types \(int and str\)"):
-        pipeline.setup(tiny_recipe(train, evaluation))
+        pipeline.setup(classifier(train, evaluation))
 
 
 def test_label_types_mixed_in_one_file_are_refused(tmp_path: Path) -> None:
@@ -167,4 +144,4 @@ def test_label_types_mixed_in_one_file_are_refused(tmp_path: Path) -> None:
     from llmkit import pipeline
 
     with pytest.raises(LlmkitError, match="label"):
-        pipeline.setup(tiny_recipe(train))
+        pipeline.setup(classifier(train))

@@ -18,7 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from scale_helpers import (
+
+from llmkit import launch
+from llmkit.recipe import load_recipe
+from llmkit.trainer import latest_checkpoint
+from tests.scale_helpers import (
     clm_recipe,
     llmkit_command,
     log_history,
@@ -29,10 +33,6 @@ from scale_helpers import (
     write_recipe,
 )
 
-from llmkit import launch
-from llmkit.recipe import load_recipe
-from llmkit.trainer import latest_checkpoint
-
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -42,6 +42,7 @@ def has_gpu() -> bool:
     return torch.cuda.is_available()
 
 
+@pytest.mark.integration
 def test_two_processes_match_one_process_with_twice_the_batch(tmp_path: Path) -> None:
     """`--num-processes 2` on a machine without GPUs: two CPU processes (said in one line), not a refusal."""
     one, two = tmp_path / "one", tmp_path / "two"
@@ -153,6 +154,7 @@ def test_the_strategy_line_says_what_runs_and_names_a_fallback() -> None:
     assert lines[1].endswith("asks for DeepSpeed, but this run is a single process")
 
 
+@pytest.mark.integration
 def test_a_user_error_in_many_processes_is_one_line_and_exit_2(tmp_path: Path) -> None:
     recipe = clm_recipe(tmp_path / "run")
     recipe["data"]["columns"] = {"text": "no_such_column"}  # found by the workers, not before the launch
@@ -164,6 +166,7 @@ def test_a_user_error_in_many_processes_is_one_line_and_exit_2(tmp_path: Path) -
     assert "Traceback" not in output and "ChildFailedError" not in output, output[-3000:]
 
 
+@pytest.mark.integration
 def test_ctrl_c_in_many_processes_saves_once_says_it_once_and_resumes(tmp_path: Path) -> None:
     output = tmp_path / "run"
     recipe_path = write_recipe(tmp_path / "r.yaml", clm_recipe(output, max_steps=200, save_steps=1000))
@@ -239,6 +242,7 @@ def run_pair(recipe: Path, tmp_path: Path, name: str, *extra: str, stop_after: P
     return [(m.returncode, (tmp_path / f"{name}-{rank}.log").read_text()) for rank, m in enumerate(machines)]
 
 
+@pytest.mark.integration
 def test_two_machines_train_like_one_process_and_resume_as_a_pair(tmp_path: Path) -> None:
     steps = 40
     reference_run, pair_run = tmp_path / "one", tmp_path / "pair"
@@ -283,7 +287,7 @@ def spread_worker(rank: int, world: int, port: int, folder: str) -> None:
     """One of two gloo processes: generation and span search spread over both, written by each."""
     import torch.distributed as dist
 
-    from llmkit.tasks import shards
+    from llmkit.tasks.mechanisms import shards
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -316,7 +320,7 @@ def evaluation_outputs(across_processes: bool) -> dict[str, Any]:
 
     from llmkit.recipe import GenerationSection, load_recipe
     from llmkit.tasks.mechanisms.generation import generate
-    from llmkit.tasks.qa import best_spans
+    from llmkit.tasks.qa.extractive import best_spans
 
     torch.manual_seed(0)
     config = GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=60, n_positions=64, bos_token_id=1, eos_token_id=1)
@@ -338,6 +342,7 @@ def evaluation_outputs(across_processes: bool) -> dict[str, Any]:
     return {"texts": texts, "answers": answers, "scores": scores}
 
 
+@pytest.mark.integration
 def test_generation_and_span_search_spread_over_processes_give_one_process_results(tmp_path: Path) -> None:
     import torch.multiprocessing as mp
 

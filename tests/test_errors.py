@@ -8,10 +8,7 @@ test). Most cases run the CLI in-process; a few run real subprocesses to prove w
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,7 +17,17 @@ from typing import Any
 
 import pytest
 import yaml
-from tiny_recipe import clm_recipe, invoke, snapshot, tiny_bert, write_corpus, write_recipe
+
+from tests.tiny_recipe import (
+    clm_recipe,
+    invoke,
+    run_llmkit,
+    snapshot,
+    tiny_bert,
+    write_corpus,
+    write_jsonl,
+    write_recipe,
+)
 
 Build = Callable[[Path, Path], list[Any]]
 
@@ -51,16 +58,18 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "not-a-model" / "weights.bin").write_text("x")
     (root / "a-file").write_text("a regular file, not a folder")
     labelled = [{"text": f"row {i} reads fine", "label": i % 2} for i in range(10)]
-    jsonl(root / "labels.jsonl", labelled)
-    jsonl(
+    write_jsonl(root / "labels.jsonl", labelled)
+    write_jsonl(
         root / "labels-none.jsonl",
         [{**row, "label": None if i == 6 else row["label"]} for i, row in enumerate(labelled)],
     )
-    jsonl(root / "labels-mixed.jsonl", [{**row, "label": "pos" if i % 2 else 0} for i, row in enumerate(labelled)])
-    jsonl(root / "labels-str.jsonl", [{**row, "label": "pos"} for row in labelled[:4]])
+    write_jsonl(
+        root / "labels-mixed.jsonl", [{**row, "label": "pos" if i % 2 else 0} for i, row in enumerate(labelled)]
+    )
+    write_jsonl(root / "labels-str.jsonl", [{**row, "label": "pos"} for row in labelled[:4]])
     (root / "text-only.csv").write_text("text\nhello there\nbye now\n")
-    jsonl(root / "labels-single.jsonl", [{**row, "label": "pos"} for row in labelled])
-    jsonl(root / "labels-other.jsonl", [{**row, "label": 2 + i % 2} for i, row in enumerate(labelled[:4])])
+    write_jsonl(root / "labels-single.jsonl", [{**row, "label": "pos"} for row in labelled])
+    write_jsonl(root / "labels-other.jsonl", [{**row, "label": 2 + i % 2} for i, row in enumerate(labelled[:4])])
     context = "Alice met Bob in the park."
     squad = [
         {
@@ -71,7 +80,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
         }
         for i in range(8)
     ]
-    jsonl(root / "squad-bad-start.jsonl", squad)
+    write_jsonl(root / "squad-bad-start.jsonl", squad)
     from transformers import GPT2Config
 
     (root / "config-only-run").mkdir()  # enough of a run folder for `eval` to reach the data probe
@@ -81,10 +90,6 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "config-only").mkdir()
     (root / "config-only" / "config.json").write_text((root / "config-only-run" / "config.json").read_text())
     return root
-
-
-def jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
 @pytest.fixture(autouse=True)
@@ -221,10 +226,20 @@ CASES: list[tuple[str, Build, tuple[str, ...]]] = [
     ("negative-learning-rate", change(("training.learning_rate", -1e-4)), ("training.learning_rate", "greater than 0")),
     ("learning-rate-not-number", change(("training.learning_rate", "fast")), ("training.learning_rate", "'fast'")),
     ("max-length-above-positions", change(("data.max_length", 512)), ("data.max_length", "512", "64 positions")),
-    ("mlm-probability-above-1", change(("data.mlm_probability", 1.5)), ("data.mlm_probability",)),
-    ("mlm-probability-zero", change(("data.mlm_probability", 0)), ("data.mlm_probability",)),
+    ("mlm-probability-above-1", change(("task", "mlm"), ("mlm.probability", 1.5)), ("mlm.probability",)),
+    ("mlm-probability-zero", change(("task", "mlm"), ("mlm.probability", 0)), ("mlm.probability",)),
+    (
+        "task-option-under-data",
+        change(("data.doc_stride", 8)),
+        ("recipe field `data.doc_stride`", "a task option", "`qa.doc_stride`"),
+    ),
+    (
+        "task-option-under-data-renamed",
+        change(("data.mlm_probability", 0.3)),
+        ("`data.mlm_probability`", "`mlm.probability`"),
+    ),
     ("batch-size-zero", change(("training.per_device_train_batch_size", 0)), ("per_device_train_batch_size",)),
-    ("unknown-task", change(("task", "translation")), ("recipe field `task`", "translation")),
+    ("unknown-task", change(("task", "sentiment")), ("recipe field `task`", "sentiment")),
     ("task-for-other-command", change(("task", "classification")), ("`classification` is not for this command",)),
     ("mlm-on-gpt2", change(("task", "mlm")), ("task `mlm`", "gpt2", "AutoModelForMaskedLM")),
     ("expect-malformed", change(("expect", {"perplexity": "about 3"})), ("expect", "perplexity")),
@@ -400,18 +415,33 @@ CASES: list[tuple[str, Build, tuple[str, ...]]] = [
     ),
     (
         "squad-answer-start-mismatch",
-        task_case("qa", BERT, "{ws}/squad-bad-start.jsonl", ("data.doc_stride", 8)),
+        task_case("qa", BERT, "{ws}/squad-bad-start.jsonl", ("qa.doc_stride", 8)),
         ("`answers`", "answer_start 2", "id q3", "'Bob'"),
     ),
     (
         "extractive-qa-on-gpt2",
-        task_case("qa", GPT2, "{ws}/squad-bad-start.jsonl", ("data.qa_mode", "extractive")),
-        ("data.qa_mode", "extractive", "gpt2"),
+        task_case("qa", GPT2, "{ws}/squad-bad-start.jsonl", ("qa.mode", "extractive")),
+        ("qa.mode", "extractive", "gpt2"),
     ),
     (
         "generative-qa-on-bert",
-        task_case("qa", BERT, "{ws}/squad-bad-start.jsonl", ("data.qa_mode", "generative")),
-        ("data.qa_mode", "generative", "bert"),
+        task_case("qa", BERT, "{ws}/squad-bad-start.jsonl", ("qa.mode", "generative")),
+        ("qa.mode", "generative", "bert"),
+    ),
+    (
+        "packing-for-a-task-that-cannot-unpack",
+        task_case("qa", BERT, "{ws}/squad-bad-start.jsonl", ("data.packing", True)),
+        ("data.packing", "task `qa` takes false", "got true"),
+    ),
+    (
+        "documents-packing-for-classification",
+        task_case("classification", BERT, "{ws}/labels.jsonl", ("data.packing", "documents")),
+        ("data.packing", "true or false", "`documents`"),
+    ),
+    (
+        "section-of-another-task",
+        task_case("classification", BERT, "{ws}/labels.jsonl", ("qa", {"doc_stride": 8})),
+        ("section `qa:` holds options of task `qa`", "`classification`"),
     ),
     ("summarization-on-bert", task_case("summarization", BERT, "{ws}/train.txt"), ("summarization", "bert")),
     (
@@ -420,7 +450,7 @@ CASES: list[tuple[str, Build, tuple[str, ...]]] = [
             "summarization",
             GPT2,
             "{ws}/labels.jsonl",
-            ("data.max_target_length", 8),
+            ("summarization.max_target_length", 8),
             ("generation", {"max_new_tokens": 8}),
         ),
         ("`document`", "columns are: text, label"),
@@ -482,19 +512,7 @@ def test_output_folder_not_writable(ws: Path, tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- real processes
 
 
-def run_llmkit(*args: Any) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if k != "LLMKIT_DEBUG"}
-    environment.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
-    return subprocess.run(
-        [sys.executable, "-m", "llmkit", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=environment,
-        timeout=300,
-        check=False,
-    )
-
-
+@pytest.mark.integration
 def test_a_real_process_prints_one_line_and_no_traceback(ws: Path, tmp_path: Path) -> None:
     """What a terminal sees for a data error found by the probe: exactly one stderr line."""
     content = clm_recipe(ws / "sentences.csv", tmp_path / "out")

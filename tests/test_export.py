@@ -99,9 +99,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "train": str(DATA / "people-train.json"),
             "eval": str(DATA / "people-eval.json"),
             "max_length": 48,
-            "doc_stride": 16,
             "max_eval_samples": 40,
         },
+        "qa": {"doc_stride": 16},
         "training": training(root / "qa", 30),
     }
     found = {}

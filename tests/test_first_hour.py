@@ -8,36 +8,27 @@ import csv
 import json
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tiny_recipe import clm_recipe, invoke, one_thread, tiny_bert, write_recipe
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import REPO
+from tests.tiny_recipe import clm_recipe, invoke, task_recipe, tiny_bert, write_recipe
+
 REVIEWS = REPO / "recipes" / "ci" / "data"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    with one_thread():
-        yield
 
 
 def classifier_recipe(output: Path, **changes: Any) -> dict[str, Any]:
     """Three-class sentiment on the shipped reviews, a 1-layer BERT from config: seconds to train."""
-    content = {
-        "task": "classification",
-        "model": {"from_config": tiny_bert()},
-        "tokenizer": {"train": {"kind": "wordpiece", "vocab_size": 200, "min_frequency": 1}},
-        "data": {
-            "train": str(REVIEWS / "reviews-train.jsonl"),
-            "eval": str(REVIEWS / "reviews-eval.jsonl"),
-            "columns": {"text": "sentence", "label": "sentiment"},
-        },
-        "training": {"output_dir": str(output), "max_steps": 20, "learning_rate": 3e-3, "logging_steps": 5},
-    }
+    content = task_recipe(
+        "classification",
+        REVIEWS / "reviews-train.jsonl",
+        output,
+        eval=REVIEWS / "reviews-eval.jsonl",
+        data={"columns": {"text": "sentence", "label": "sentiment"}},
+        training={"max_steps": 20, "learning_rate": 3e-3, "logging_steps": 5},
+    )
     for dotted, value in changes.items():
         section, key = dotted.split("__")
         content.setdefault(section, {})[key] = value
@@ -143,11 +134,7 @@ def test_predict_reads_every_layout_the_loader_reads(classifier: dict[str, Any],
         path = tmp_path / "in.txt"
         path.write_text("\n".join(texts) + "\n")
     if layout == "stdin":
-        from typer.testing import CliRunner
-
-        from llmkit.cli import app
-
-        result = CliRunner().invoke(app, ["predict", str(classifier["run"]), "--file", "-"], input=path.read_text())
+        result = invoke("predict", classifier["run"], "--file", "-", input=path.read_text())
     else:
         result = invoke("predict", classifier["run"], "--file", path)
     assert result.exit_code == 0, result.stderr[-2000:]
@@ -200,25 +187,27 @@ def test_an_unset_max_length_is_the_models_own_limit(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "missing.txt" in result.stderr and "data.max_length" not in result.stderr
 
 
-def qa_recipe(tmp_path: Path, **data: Any) -> Path:
-    content = {
-        "task": "qa",
-        "model": {"from_config": {**tiny_bert(), "max_position_embeddings": 256}},
-        "tokenizer": {"train": {"kind": "wordpiece", "vocab_size": 200, "min_frequency": 1}},
-        "data": {"train": str(REVIEWS / "people-train.json"), "eval": str(REVIEWS / "people-eval.json"), **data},
-        "training": {"output_dir": str(tmp_path / "qa")},
-    }
+def qa_recipe(tmp_path: Path, max_length: int, **qa: Any) -> Path:
+    content = task_recipe(
+        "qa",
+        REVIEWS / "people-train.json",
+        tmp_path / "qa",
+        model={**tiny_bert(), "max_position_embeddings": 256},
+        eval=REVIEWS / "people-eval.json",
+        data={"max_length": max_length},
+        qa=qa,
+    )
     return write_recipe(tmp_path / "qa.yaml", content)
 
 
 def test_extractive_qa_accepts_what_run_qa_accepts(tmp_path: Path) -> None:
     result = invoke("check", qa_recipe(tmp_path, max_length=256, doc_stride=128))
     assert result.exit_code == 0, result.stderr[-2000:]
-    assert "data.doc_stride = 128" in result.stdout
+    assert "qa.doc_stride = 128" in result.stdout
     result = invoke("check", qa_recipe(tmp_path, max_length=128))
-    assert result.exit_code == 0 and "data.doc_stride = 32" in result.stdout  # unset: a quarter of the window
+    assert result.exit_code == 0 and "qa.doc_stride = 32" in result.stdout  # unset: a quarter of the window
     result = invoke("check", qa_recipe(tmp_path, max_length=32, doc_stride=30))
-    assert result.exit_code == 2 and "data.doc_stride" in result.stderr and "longest question" in result.stderr
+    assert result.exit_code == 2 and "qa.doc_stride" in result.stderr and "longest question" in result.stderr
 
 
 def test_lora_without_a_learning_rate_gets_a_lora_default_and_check_warns_when_low(tmp_path: Path) -> None:

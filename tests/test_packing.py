@@ -78,7 +78,7 @@ def test_whole_word_masking_masks_all_pieces_of_a_word(tmp_path: Path) -> None:
     path = tmp_path / "r.yaml"
     path.write_text(
         "task: mlm\nmodel: {from_config: {model_type: bert}}\ntokenizer: {train: {kind: wordpiece}}\n"
-        "data: {train: x.txt, max_length: 32, whole_word_mask: true, mlm_probability: 0.3}\n"
+        "data: {train: x.txt, max_length: 32}\nmlm: {whole_word_mask: true, probability: 0.3}\n"
         "training: {output_dir: o}\n"
     )
     recipe = load_recipe(path)

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from scale_helpers import clm_recipe, train_in_process, write_recipe
 
 from llmkit import adapters, pipeline
 from llmkit.errors import LlmkitError
 from llmkit.recipe import PeftSection, load_recipe
+from tests.scale_helpers import clm_recipe, train_in_process, write_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 REVIEWS = REPO / "recipes" / "ci" / "data"

@@ -27,7 +27,7 @@ def write(tmp_path: Path, text: str, name: str = "r.yaml") -> Path:
 def test_minimal_recipe_gets_defaults(tmp_path: Path) -> None:
     recipe = load_recipe(write(tmp_path, MINIMAL))
     assert recipe.task == "clm"
-    assert recipe.data.mlm_probability == 0.15
+    assert load_recipe(write(tmp_path, MINIMAL), ["task=mlm"]).options.probability == 0.15  # mlm's default
     assert recipe.training.learning_rate == 5e-5
     assert recipe.peft is None
 
@@ -69,14 +69,15 @@ def test_unknown_training_argument_gets_a_suggestion(tmp_path: Path) -> None:
     ("override", "field"),
     [
         ("training.learning_rate=-1", "training.learning_rate"),
-        ("data.mlm_probability=1.5", "data.mlm_probability"),
-        ("task=translation", "task"),
+        ("task=mlm mlm.probability=1.5", "mlm.probability"),
+        ("data.mlm_probability=0.3", "data.mlm_probability"),
+        ("task=sentiment", "task"),
         ("data.max_length=abc", "data.max_length"),
     ],
 )
 def test_bad_values_name_their_field(tmp_path: Path, override: str, field: str) -> None:
     with pytest.raises(LlmkitError, match=f"`{field}`"):
-        load_recipe(write(tmp_path, MINIMAL), [override])
+        load_recipe(write(tmp_path, MINIMAL), override.split())
 
 
 def test_extends_merges_sections(tmp_path: Path) -> None:
@@ -128,13 +129,45 @@ def test_every_shipped_recipe_validates(path: Path) -> None:
         assert metric.startswith("eval_") or metric == "perplexity", metric
 
 
-def test_registry_covers_the_schema() -> None:
-    from typing import get_args
+def defines_task(path: Path) -> bool:
+    import ast
 
-    from llmkit.recipe import TaskName
+    for node in ast.parse(path.read_text()).body:
+        targets = (
+            node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        )
+        if any(getattr(target, "id", "") == "TASK" for target in targets):
+            return True
+    return False
+
+
+def test_every_task_file_is_a_recipe_task_with_its_own_section(tmp_path: Path) -> None:
+    """A file in llmkit/tasks/ defining TASK is all a task needs: `task:` accepts its name, its options are the
+    section named after it, and that section is refused in another task's recipe."""
+    from llmkit.recipe import Recipe
     from llmkit.tasks import TASKS
 
-    assert set(TASKS) <= set(get_args(TaskName))
+    folder = Path(__file__).resolve().parent.parent / "llmkit" / "tasks"
+    files = [p for p in folder.glob("*.py") if not p.name.startswith("_") and p.stem != "base"]
+    files += [p / "__init__.py" for p in folder.iterdir() if (p / "__init__.py").is_file() and p.name != "mechanisms"]
+    defining = [f for f in files if defines_task(f)]
+    assert len(TASKS) == len(defining), (sorted(TASKS), sorted(str(f.relative_to(folder)) for f in defining))
+
+    def recipe_of(task: str, extra: str = "") -> Path:
+        return write(tmp_path, MINIMAL.replace("task: clm", f"task: {task}") + extra)
+
+    for name, task in TASKS.items():
+        recipe = load_recipe(recipe_of(name))
+        assert recipe.task == name
+        if task.options_class is None:
+            assert name not in Recipe.model_fields and recipe.options is None
+            continue
+        assert recipe.options == task.options_class()
+        other = next(n for n in TASKS if n != name)
+        with pytest.raises(LlmkitError, match=f"section `{name}:` holds options of task `{name}`"):
+            load_recipe(recipe_of(other, f"{name}: {{}}\n"))
+    with pytest.raises(LlmkitError, match="`task`"):
+        load_recipe(recipe_of("no-such-task"))
 
 
 def test_shipped_recipe_data_is_found_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

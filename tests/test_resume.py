@@ -13,14 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from scale_helpers import clm_recipe, llmkit_command, losses, subprocess_env, train_in_process, write_recipe
 
 from llmkit import pipeline
 from llmkit.errors import LlmkitError
 from llmkit.recipe import load_recipe
 from llmkit.trainer import latest_checkpoint
+from tests.scale_helpers import clm_recipe, llmkit_command, losses, subprocess_env, train_in_process, write_recipe
 
 STEPS = 24
+
+pytestmark = pytest.mark.integration  # real processes killed and resumed
 
 
 def interrupt_after_first_checkpoint(recipe_path: Path, output: Path, sig: int, log: Path) -> subprocess.Popen:

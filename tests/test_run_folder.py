@@ -10,16 +10,15 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import yaml
-from tiny_recipe import BLOCK, clm_recipe, invoke, one_thread, sha256, snapshot, write_corpus, write_recipe
 
 from llmkit.recipe import load_recipe
+from tests.tiny_recipe import BLOCK, clm_recipe, invoke, sha256, snapshot, write_corpus, write_recipe
 
 SEED = 11  # given as an override, so the resolved recipe.yaml must show it
 
@@ -35,14 +34,8 @@ def train_tiny(folder: Path, name: str, **training: Any) -> tuple[Path, Any]:
     return folder / name, result
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    with one_thread():
-        yield
-
-
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory, single_thread: None) -> dict[str, Any]:
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     folder = tmp_path_factory.mktemp("run-folder")
     data_file = write_corpus(folder / "data" / "train.txt")
     before = snapshot(data_file.parent)

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO
 
 KINDS = ("bpe", "wordpiece")
@@ -20,6 +22,8 @@ KINDS = ("bpe", "wordpiece")
 WORKER = """
 import json, sys
 from pathlib import Path
+
+import pytest
 from pydoc_data.topics import topics
 from llmkit.models import train_tokenizer
 from llmkit.recipe import TokenizerTrainSection
@@ -55,6 +59,7 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file()}
 
 
+@pytest.mark.integration
 def test_trained_tokenizers_are_identical_across_processes(tmp_path: Path) -> None:
     runs = [tmp_path / "a", tmp_path / "b"]
     procs = [_start(runs[0], "1", "1"), _start(runs[1], "2", "2")]

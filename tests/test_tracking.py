@@ -97,6 +97,7 @@ def runs_of(client: Any, output: Path) -> list[Any]:
     return client.search_runs(experiments, filter_string=f"tags.`llmkit.output_dir` = '{output}'")
 
 
+@pytest.mark.integration
 def test_mlflow_gets_recipe_metrics_and_artifacts(
     mlflow_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -130,6 +131,7 @@ def test_mlflow_gets_recipe_metrics_and_artifacts(
     assert json.loads(local.read_text()) == written
 
 
+@pytest.mark.integration
 def test_mlflow_run_of_a_failed_training_is_marked_failed(
     mlflow_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

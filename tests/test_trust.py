@@ -9,28 +9,28 @@ or is interrupted leaves the previous run intact; one run per folder; `eval` kee
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tiny_recipe import clm_recipe, invoke, one_thread, snapshot, write_corpus, write_recipe
 
 from llmkit.run_folder import LOCK, MARKER
+from tests.tiny_recipe import (
+    clm_recipe,
+    invoke,
+    llmkit_command,
+    snapshot,
+    subprocess_env,
+    write_corpus,
+    write_recipe,
+)
 
 LLMKIT_MARKER = '{"written_by": "llmkit", "kind": "run"}\n'  # what a real run folder holds
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    with one_thread():
-        yield
 
 
 def tiny(data: Path, output: Path | str, **training: Any) -> dict[str, Any]:
@@ -354,16 +354,15 @@ def test_merge_refuses_the_base_model_and_foreign_folders_and_replaces_its_own(w
 # ----------------------------------------------------------------------------- signals
 
 
+@pytest.mark.integration
 def test_sigterm_stops_training_with_one_line_exit_143_and_a_checkpoint(tmp_path: Path) -> None:
     data = write_corpus(tmp_path / "train.txt")
     output = tmp_path / "run"
     recipe = write_recipe(tmp_path / "r.yaml", tiny(data, output, max_steps=400, save_steps=1000))
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    environment.pop("LLMKIT_DEBUG", None)
     log = tmp_path / "log.txt"
     with log.open("w") as handle:
         process = subprocess.Popen(
-            [sys.executable, "-m", "llmkit", "pretrain", str(recipe)], env=environment, stdout=handle, stderr=handle
+            llmkit_command("pretrain", recipe), env=subprocess_env(), stdout=handle, stderr=handle
         )
         deadline = time.time() + 240
         while process.poll() is None and time.time() < deadline and "  loss " not in log.read_text():

@@ -1,11 +1,10 @@
 """`llmkit tune`: the CI recipe's learning-rate search beats its poor start with pruned trials, the SQLite study
 continues on a second invocation, `best.yaml` is a recipe; the space is checked against the recipe schema;
-the extras stay out of `llmkit --help`."""
+the extras stay out of `llmkit --help` (test_cli.py)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -169,18 +168,6 @@ def test_missing_extra_names_the_install_command(tmp_path: Path, monkeypatch: py
     monkeypatch.setitem(sys.modules, "optuna", None)  # as if not installed
     result = tune(TINY_TUNE, f"training.output_dir={tmp_path / 'run'}", "--trials", "2")
     assert result.exit_code == 2 and "pip install 'llmkit[tune]'" in result.stderr, result.stderr
-
-
-def test_help_imports_none_of_the_extras() -> None:
-    code = (
-        "import sys; from llmkit.cli import app; from typer.testing import CliRunner;"
-        "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output;"
-        "assert 'export' in r.output and 'tune' in r.output, r.output;"
-        "heavy = ('torch', 'transformers', 'datasets', 'onnx', 'onnxruntime', 'optuna', 'mlflow', 'wandb');"
-        "print([m for m in heavy if m in sys.modules])"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
 
 
 @pytest.mark.slow

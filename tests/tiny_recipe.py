@@ -1,11 +1,15 @@
-"""A tiny offline run (2-layer GPT-2 from config, BPE trained on a generated corpus) and CLI helpers, shared by
-test_errors.py, test_run_folder.py and test_check.py."""
+"""The tests' one set of builders and runners: tiny recipes (models built from config, tokenizers trained on the
+data), data files, the CLI run in this process (`invoke`) or as a real process (`run_llmkit`). The offline
+and single-thread settings are made once, in conftest.py."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,10 +18,6 @@ from typing import Any
 import yaml
 from click.testing import Result
 from typer.testing import CliRunner
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SUBJECTS = ["the cat", "a dog", "the old man", "my sister", "the bird", "a child"]
 VERBS = ["sees", "likes", "follows", "feeds", "paints", "hears"]
@@ -38,6 +38,43 @@ def tiny_bert(layers: int = 1, hidden: int = 32) -> dict[str, Any]:
     }
 
 
+#: `model.from_config` of a GPT-2 small enough to train in seconds
+TINY_GPT2 = {"model_type": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 64, "n_positions": 64}
+
+
+def task_recipe(
+    task: str,
+    train: str | Path,
+    output: str | Path,
+    *,
+    model: str | dict[str, Any] = "bert",
+    eval: str | Path | None = None,
+    vocab_size: int = 200,
+    data: dict[str, Any] | None = None,
+    training: dict[str, Any] | None = None,
+    **sections: Any,
+) -> dict[str, Any]:
+    """A recipe mapping for any task: a tiny BERT or GPT-2 from config (or the given config), a tokenizer
+    trained on the data; `sections` adds whole sections (`qa={...}`, `generation={...}`)."""
+    config = {"bert": tiny_bert(), "gpt2": TINY_GPT2}.get(model, model) if isinstance(model, str) else model
+    kind = "wordpiece" if config["model_type"] == "bert" else "bpe"
+    files = {"train": str(train), **({"eval": str(eval)} if eval is not None else {})}
+    return {
+        "task": task,
+        "model": {"from_config": dict(config)},
+        "tokenizer": {"train": {"kind": kind, "vocab_size": vocab_size, "min_frequency": 1}},
+        "data": {**files, **(data or {})},
+        "training": {"output_dir": str(output), **(training or {})},
+        **sections,
+    }
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
 def write_corpus(path: Path, lines: int = 240, seed: int = 0) -> Path:
     """Short sentences from a small grammar: a 2-layer model learns them within a few dozen steps."""
     rng = random.Random(seed)
@@ -54,7 +91,7 @@ def clm_recipe(train: str | Path, output: str | Path, **training: Any) -> dict[s
     """The tiny causal-LM recipe as a mapping; `training` entries override its training section."""
     return {
         "task": "clm",
-        "model": {"from_config": {"model_type": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 64, "n_positions": 64}},
+        "model": {"from_config": dict(TINY_GPT2)},
         "tokenizer": {"train": {"kind": "bpe", "vocab_size": 300}},
         "data": {"train": str(train), "validation_split": 0.1, "max_length": BLOCK},
         "training": {
@@ -94,11 +131,32 @@ def write_recipe(path: Path, content: dict[str, Any] | str | bytes) -> Path:
     return path
 
 
-def invoke(*args: str | Path, env: dict[str, str | None] | None = None) -> Result:
+def invoke(*args: str | Path, env: dict[str, str | None] | None = None, input: str | None = None) -> Result:
     """Run the CLI in this process (no start-up cost); LLMKIT_DEBUG is unset unless `env` sets it."""
     from llmkit.cli import app
 
-    return CliRunner().invoke(app, [str(a) for a in args], env={"LLMKIT_DEBUG": None, **(env or {})})
+    return CliRunner().invoke(app, [str(a) for a in args], input=input, env={"LLMKIT_DEBUG": None, **(env or {})})
+
+
+def subprocess_env(**changes: str) -> dict[str, str]:
+    """This environment for a child process: offline, one math thread each (several processes share 2 cores),
+    unbuffered output, no LLMKIT_DEBUG."""
+    offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    environment = {**os.environ, **offline, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **changes}
+    environment.pop("LLMKIT_DEBUG", None)
+    return environment
+
+
+def llmkit_command(*args: Any) -> list[str]:
+    """`python -m llmkit ARGS` with this interpreter, so no PATH lookup is involved."""
+    return [sys.executable, "-m", "llmkit", *map(str, args)]
+
+
+def run_llmkit(*args: Any, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The CLI as a real process: what a terminal sees (exit code, stdout, stderr)."""
+    return subprocess.run(
+        llmkit_command(*args), env=subprocess_env(), capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int, str]]:

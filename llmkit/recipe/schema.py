@@ -88,7 +88,17 @@ class DataSection(Section):
     max_length: int | None = Field(
         None, ge=8, description="Tokens per example (block size when packing); unset: the model's limit, at most 512."
     )
-    packing: bool = Field(True, description="clm/mlm: concatenate documents into full blocks (no padding).")
+    packing: bool | Literal["documents"] | None = Field(
+        None,
+        description="true: several examples (fine-tuning) or documents (clm/mlm) per row, no padding; `documents`: "
+        "clm/mlm blocks whose documents do not attend to each other; false: one example per row, padded; "
+        "unset: the task's default (clm/mlm pack, fine-tuning tasks pad).",
+    )
+    streaming: bool = Field(
+        False,
+        description="Read the training data as a stream (clm/mlm), packed into blocks as it trains: memory stays "
+        "flat for a corpus larger than RAM; needs training.max_steps. Eval data is still read into memory.",
+    )
     max_train_samples: int | None = Field(None, ge=1, description="Keep only the first N training rows.")
     max_eval_samples: int | None = Field(None, ge=1, description="Keep only the first N eval rows.")
     num_proc: int | None = Field(None, ge=1, description="Processes for tokenization (default: 1).")

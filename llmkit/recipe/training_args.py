@@ -13,8 +13,7 @@ from llmkit.errors import did_you_mean
 
 @functools.cache
 def training_argument_types() -> dict[str, Any]:
-    """TrainingArguments fields → their type hints, so a recipe's extra `training:` keys are checked by type
-    when the recipe loads instead of failing later inside transformers with a message that names no field."""
+    """TrainingArguments fields → their type hints (Seq2SeqTrainingArguments: it has every field)."""
     import dataclasses
     import typing
 

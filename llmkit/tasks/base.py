@@ -7,7 +7,7 @@ The pipeline calls these hooks and never asks which task it runs.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -48,6 +48,9 @@ class Task:
     optional_roles: ClassVar[tuple[str, ...]] = ()
     #: what each role's column holds (text unless said otherwise): checked when the data loads, see `data.KINDS`
     role_kinds: ClassVar[dict[str, str]] = {}
+    #: the values `data.packing` may take for this task (examples packed into rows need the task to unpack
+    #: what it predicts: language-model blocks, one label per example, prompt → target tokens)
+    packing_choices: ClassVar[tuple[bool | str, ...]] = (False,)
     #: the task's own recipe section (`<task name>:`), a `Section` subclass; None: the task has no options
     options_class: ClassVar[type[Section] | None] = None
     #: the training commands that run this task (`pretrain` is for the language-modelling objectives)
@@ -64,6 +67,9 @@ class Task:
     #: whole batch would. The default, a mean over examples (classification, spans), is right for any new task
     #: until it says otherwise: each process takes its own batch mean and the gradients are averaged.
     loss_is_token_mean: ClassVar[bool] = False
+    #: the task can train from a stream (`data.streaming`): its features are made row by row as they are read
+    #: (language-model blocks); a task that needs all its rows at once (label sets, lengths) reads into memory
+    streams: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ model
 
@@ -71,6 +77,38 @@ class Task:
         """The task object for this model: a task whose method depends on the architecture (decoder-only vs
         encoder-decoder summarization, extractive vs generative QA) returns a variant; most return themselves."""
         return self
+
+    def check_packing(self, recipe: Recipe) -> None:
+        """`data.packing` set to what this task cannot do is refused, not ignored."""
+        packing = recipe.data.packing
+        if packing is not None and packing not in self.packing_choices:
+            allowed = " or ".join(str(choice).lower() for choice in self.packing_choices)
+            raise LlmkitError(
+                f"recipe field `data.packing`: task `{self.name}` takes {allowed} (got {str(packing).lower()})"
+            )
+
+    def check_streaming(self, recipe: Recipe) -> None:
+        """`data.streaming` where the task or the rest of the recipe needs the whole training set is refused."""
+        if not recipe.data.streaming:
+            return
+        if not self.streams:
+            from llmkit.tasks import TASKS
+
+            streamed = ", ".join(name for name, task in TASKS.items() if task.streams)
+            raise LlmkitError(
+                f"recipe field `data.streaming`: task `{self.name}` reads its data into memory; streaming is for "
+                f"the tasks whose features are made as they are read ({streamed})"
+            )
+        if recipe.training.max_steps <= 0:
+            raise LlmkitError(
+                "recipe field `training.max_steps`: `data.streaming: true` needs a step count (a stream has no "
+                "length to count epochs by)"
+            )
+        if recipe.data.validation_split is not None:
+            raise LlmkitError(
+                "recipe field `data.validation_split`: holding rows out needs the whole training set in memory; "
+                "with `data.streaming: true` set `data.eval` (a file or a hub split) instead"
+            )
 
     def check_architecture(self, config: PretrainedConfig, recipe: Recipe) -> None:
         """Reject a model that cannot do this task, before any weights are loaded."""
@@ -98,6 +136,21 @@ class Task:
     def text_roles(self) -> tuple[str, ...]:
         """Columns whose text a tokenizer trained for this task learns from (and `check` measures)."""
         return tuple(role for role in (*self.roles, *self.optional_roles) if self.kind(role) == "text")
+
+    def training_texts(self, row: dict[str, Any]) -> Iterator[str]:
+        """The text of one row a tokenizer trained for this task learns from: text roles as they are, a list of
+        words joined by spaces, each of a list of texts, each message's content."""
+        for role in (*self.roles, *self.optional_roles):
+            value, kind = row.get(role), self.kind(role)
+            if isinstance(value, str) and kind in ("text", "messages"):
+                yield value
+            elif isinstance(value, list) and kind == "tokens":
+                yield " ".join(str(word) for word in value)
+            elif isinstance(value, list) and kind in ("choices", "messages"):
+                for item in value:
+                    content = item.get("content") if isinstance(item, dict) else item
+                    if isinstance(content, str):
+                        yield content
 
     def read_file(self, path: Path) -> list[dict[str, Any]] | None:
         """Rows of a local file in a layout only this task reads (nested SQuAD JSON, CoNLL columns); None:
@@ -159,6 +212,10 @@ class Task:
         return [f"rows longer than {recipe.data.max_length} tokens are cut to fit"]
 
     # ------------------------------------------------------------------ inference
+
+    def export_head(self) -> Any:
+        """What `llmkit export` writes as an ONNX graph (an `llmkit.export.heads.Head`); None: not exportable."""
+        return None
 
     def predict(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: list[dict[str, Any]], recipe: Recipe

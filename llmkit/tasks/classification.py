@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from llmkit.errors import LlmkitError
 from llmkit.tasks.base import Evaluation, Prepared, Task, require_nonempty_text, tokenize
-from llmkit.tasks.mechanisms.labels import check_label_sets, checkpoint_labels, label_config, label_ids, value_kind
+from llmkit.tasks.mechanisms.labels import (
+    check_label_sets,
+    checkpoint_labels,
+    label_config,
+    label_count_notes,
+    label_ids,
+    value_kind,
+)
 from llmkit.tasks.mechanisms.marking import learned, real_positions
 
 if TYPE_CHECKING:
@@ -29,19 +36,24 @@ class Classification(Task):
     roles = ("text", "label")
     optional_roles = ("text_pair",)
     role_kinds: ClassVar[dict[str, str]] = {"label": "label"}
+    packing_choices = (True, False)
     target_roles = ("label",)
     auto_class_name = "AutoModelForSequenceClassification"
     mapping_name = "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES"
     needs = "a model with a sequence-classification head (BERT family, GPT-2, ...)"
 
-    def __init__(self, checkpoint_labels: dict[str, int] | None = None) -> None:
+    def __init__(self, checkpoint_labels: dict[str, int] | None = None, packing: bool = False) -> None:
         #: label → id of a checkpoint trained for classification (None: the labels come from the data)
         self.checkpoint_labels = checkpoint_labels
+        #: `data.packing`: several examples per row, each attending only to itself (padding_free.py)
+        self.packing = packing
         #: string label → id for this run's data (set by config_overrides)
         self.label_ids: dict[str, int] | None = None
 
     def specialize(self, config: PretrainedConfig, recipe: Recipe) -> Task:
-        return Classification(checkpoint_labels(config))
+        from llmkit.tasks.mechanisms.padding_free import fine_tuning_packs
+
+        return Classification(checkpoint_labels(config), fine_tuning_packs(recipe, self.name))
 
     # ------------------------------------------------------------------ labels
 
@@ -90,20 +102,37 @@ class Classification(Task):
         if value_kind({s: d["label"] for s, d in raw.items()}, recipe.data.columns.get("label", "label")) == "float":
             return [*notes, "labels are numbers with decimals: regression (one output, mean squared error)"]
         counts = {split: Counter(dataset["label"]) for split, dataset in raw.items()}
-        labels = sorted({label for counter in counts.values() for label in counter}, key=str)
-        splits = " / ".join(counts)
-        listed = ", ".join(f"{label!s} {' / '.join(str(counts[s][label]) for s in counts)}" for label in labels[:20])
-        notes.append(f"labels ({len(labels)}; rows per {splits}): {listed}" + (" ..." if len(labels) > 20 else ""))
-        for split, counter in counts.items():
-            others = [s for s in counts if s != split]
-            lonely = [str(label) for label in counter if others and all(label not in counts[o] for o in others)]
-            if lonely:
-                notes.append(f"warning: label(s) {', '.join(lonely[:10])} appear only in the {split} data")
+        notes += label_count_notes(counts, "rows")
+        if self.packing:
+            notes.append("packing: each batch's examples share rows, each attending only to itself (no padding)")
         return notes
 
-    # collator: the base DataCollatorWithPadding pads each batch to its own longest row.
+    def collator(
+        self, recipe: Recipe, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None
+    ) -> Callable[[list[dict]], Any]:
+        """Padded to each batch's longest row (DataCollatorWithPadding), or packed (`data.packing: true`)."""
+        if not self.packing:
+            return super().collator(recipe, tokenizer, model)
+        from llmkit.models import is_decoder_only
+        from llmkit.tasks.mechanisms.padding_free import ExamplePacker, head_kind, mask_style
+
+        if model is not None:
+            head_kind(model.get_base_model() if hasattr(model, "get_base_model") else model)
+        causal = model is not None and is_decoder_only(model.config)
+        return ExamplePacker(tokenizer, causal=causal, example_labels=True, style=mask_style(model))
+
+    def trainer_class(self) -> type[Trainer]:
+        from transformers import Trainer
+
+        from llmkit.tasks.mechanisms.padding_free import padding_free_trainer
+
+        return padding_free_trainer(Trainer) if self.packing else Trainer
 
     def render_example(self, batch: dict[str, Any], index: int, tokenizer: PreTrainedTokenizerBase, config: Any) -> str:
+        if "packed_examples" in batch:
+            from llmkit.tasks.mechanisms.padding_free import unpacked_view
+
+            batch, index = unpacked_view(batch, index), 0
         label = batch["labels"][index]
         name = (getattr(config, "id2label", None) or {}).get(int(label), label) if isinstance(label, int) else label
         ids = [batch["input_ids"][index][p] for p in real_positions(batch, index)]
@@ -121,6 +150,12 @@ class Classification(Task):
         self, trainer: Trainer, prepared: Prepared, recipe: Recipe, tokenizer: PreTrainedTokenizerBase
     ) -> Evaluation:
         return Evaluation(trainer.evaluate(prepared.eval))
+
+    def export_head(self) -> Any:
+        """`llmkit export`: the class logits, scored against the gold labels by both runtimes."""
+        from llmkit.export.heads import Head
+
+        return Head(("logits",), label_key="labels")
 
     def predict(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: list[dict[str, Any]], recipe: Recipe

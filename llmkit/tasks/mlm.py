@@ -1,4 +1,7 @@
-"""Masked language modelling: packed blocks, random (or whole-word) masking, perplexity on a fixed mask draw."""
+"""Masked language modelling: packed blocks, random (or whole-word) masking, perplexity on a fixed mask draw.
+
+`data.packing: documents` keeps the blocks but lets each document attend only to itself.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
+from llmkit.errors import LlmkitError
 from llmkit.section import Section
 from llmkit.tasks.base import Prepared, Task
 from llmkit.tasks.mechanisms.packing import lm_features
@@ -36,17 +40,27 @@ class ExampleMasking:
     (`on_epoch_begin`); persistent dataloader workers keep the copy they started with.
     """
 
-    def __init__(self, masker: Any, seed: int, pad: Callable) -> None:
+    def __init__(self, masker: Any, seed: int, pad: Callable, style: str | None = None) -> None:
         self.masker = masker
         self.seed = seed
         self.pad = pad
         self.epoch = 0
+        #: with `data.packing: documents`, the form of the per-document attention mask (else None)
+        self.style = style
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.masked(features)
+        if self.style is not None and "document_starts" in features[0]:
+            from llmkit.tasks.mechanisms.padding_free import isolate_documents
+
+            batch = isolate_documents(batch, [f["document_starts"] for f in features], False, self.style)
+        return batch
+
+    def masked(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
         if "labels" in features[0]:
-            return self.pad(features)
+            return self.pad([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
         rows = []
         for feature in features:
             ids = torch.tensor([feature["input_ids"]], dtype=torch.long)
@@ -84,6 +98,8 @@ class MaskedLM(Task):
     mapping_name = "MODEL_FOR_MASKED_LM_MAPPING_NAMES"
     needs = "a masked language model (BERT, RoBERTa, ...)"
     loss_is_token_mean = True
+    packing_choices = (True, False, "documents")
+    streams = True
     options_class = MaskingOptions
 
     def _masker(self, recipe: Recipe, tokenizer: PreTrainedTokenizerBase, seed: int | None) -> Any:
@@ -118,9 +134,11 @@ class MaskedLM(Task):
         masker = self._masker(recipe, tokenizer, seed=recipe.training.seed)
 
         def mask(batch: dict[str, list]) -> dict[str, list]:
-            rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+            columns = {name: values for name, values in batch.items() if name != "document_starts"}
+            rows = [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
             masked = masker(rows)
-            return {"input_ids": masked["input_ids"].tolist(), "labels": masked["labels"].tolist()}
+            kept = {"document_starts": batch["document_starts"]} if "document_starts" in batch else {}
+            return {"input_ids": masked["input_ids"].tolist(), "labels": masked["labels"].tolist(), **kept}
 
         return dataset.map(mask, batched=True, remove_columns=dataset.column_names, desc="Masking eval")
 
@@ -129,23 +147,41 @@ class MaskedLM(Task):
     ) -> Callable[[list[dict]], Any]:
         from transformers import DataCollatorForTokenClassification
 
+        from llmkit.tasks.mechanisms.padding_free import mask_style, packing_mode
+
         masker = self._masker(recipe, tokenizer, seed=None)
-        return ExampleMasking(masker, recipe.training.seed, DataCollatorForTokenClassification(tokenizer))
+        style = mask_style(model) if packing_mode(recipe, default=True) == "documents" else None
+        return ExampleMasking(masker, recipe.training.seed, DataCollatorForTokenClassification(tokenizer), style)
 
     def predict(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: list[dict[str, Any]], recipe: Recipe
     ) -> list[dict[str, Any]]:
-        """Fill each mask token with the model's top guesses."""
+        """Fill each mask token: the top 5 tokens and their probabilities, mask by mask."""
         import torch
 
         results = []
-        for row in rows:
-            text = str(row["text"])
+        model.eval()
+        for number, row in enumerate(rows, 1):
+            text = row.get("text")
+            if not isinstance(text, str):
+                fields = ", ".join(row) or "none"
+                raise LlmkitError(f"predict input {number} has no `text` field holding text (fields: {fields})")
             encoded = tokenizer(text, return_tensors="pt", truncation=True, max_length=recipe.data.max_length)
-            with torch.no_grad():
-                logits = model(**encoded).logits[0]
             positions = (encoded["input_ids"][0] == tokenizer.mask_token_id).nonzero().flatten().tolist()
-            fills = [tokenizer.convert_ids_to_tokens(logits[p].topk(5).indices.tolist()) for p in positions]
+            if not positions:
+                mask, limit = tokenizer.mask_token, recipe.data.max_length
+                cut = f"the {mask} lies past the first {limit} tokens (data.max_length): nothing filled"
+                note = cut if mask in text else f"no {mask} in the text to fill"
+                results.append({"text": text, "fills": [], "note": note})
+                continue
+            with torch.no_grad():
+                logits = model(**encoded.to(model.device)).logits[0].float()
+            fills = []
+            for position in positions:
+                top = logits[position].softmax(-1).topk(5)
+                tokens = tokenizer.convert_ids_to_tokens(top.indices.tolist())
+                scores = top.values.tolist()
+                fills.append([{"token": t, "score": round(p, 4)} for t, p in zip(tokens, scores, strict=True)])
             results.append({"text": text, "fills": fills})
         return results
 

@@ -92,3 +92,18 @@ def label_config(ids: dict[str, int], problem_type: str | None = None) -> dict[s
     if problem_type:
         fields["problem_type"] = problem_type
     return fields
+
+
+def label_count_notes(counts: dict[str, Any], unit: str, most: int = 20) -> list[str]:
+    """`check` lines for label counts per split (`counts`: split → Counter of label → `unit`s, e.g. rows or
+    words): the label set with its counts, and a warning for labels that only one split has."""
+    labels = sorted({label for counter in counts.values() for label in counter}, key=str)
+    splits = " / ".join(counts)
+    listed = ", ".join(f"{label!s} {' / '.join(str(counts[s][label]) for s in counts)}" for label in labels[:most])
+    notes = [f"labels ({len(labels)}; {unit} per {splits}): {listed}" + (" ..." if len(labels) > most else "")]
+    for split, counter in counts.items():
+        others = [s for s in counts if s != split]
+        lonely = [str(label) for label in counter if others and all(label not in counts[o] for o in others)]
+        if lonely:
+            notes.append(f"warning: label(s) {', '.join(lonely[:10])} appear only in the {split} data")
+    return notes

@@ -63,7 +63,7 @@ class PromptEncoder:
             raise LlmkitError("the tokenizer has no EOS token, so the model could not learn where a target ends")
         before, after = special_affixes(tokenizer)
         prefix = tokenizer(task_prefix, add_special_tokens=False)["input_ids"] if task_prefix else []
-        return cls(
+        encoder = cls(
             tokenizer=tokenizer,
             encoder_decoder=encoder_decoder,
             head=before + prefix,
@@ -75,6 +75,20 @@ class PromptEncoder:
             max_length=recipe.data.max_length,
             max_target_length=recipe.options.max_target_length,
         )
+        encoder.check_room(task_prefix)
+        return encoder
+
+    def check_room(self, task_prefix: str) -> None:
+        """The prompt's fixed part (special tokens, task prefix, separator) must leave the text most of the
+        budget: a long prefix under a short `data.max_length` would silently cut every text to a few tokens."""
+        fixed = len(self.head) + len(self.separator) + len(self.tail_specials)
+        left = self.prompt_budget - fixed
+        if left < max(8, self.prompt_budget // 4):
+            what = f"the task prefix {task_prefix!r} and the separator" if task_prefix else "the separator"
+            raise LlmkitError(
+                f"recipe field `data.max_length`: {what} take {fixed} of the {self.prompt_budget} prompt tokens it "
+                f"allows, leaving {max(left, 0)} for the text; raise data.max_length (or shorten the prefix)"
+            )
 
     @property
     def prompt_budget(self) -> int:
@@ -137,6 +151,7 @@ class PromptToTarget(Task):
     #: the role that holds the text to learn (not needed for predict)
     target_role: ClassVar[str]
     options_class = PromptOptions
+    packing_choices = (True, False)
     #: only the target tokens carry loss, and their number differs from row to row
     loss_is_token_mean = True
 
@@ -199,9 +214,13 @@ class PromptToTarget(Task):
             )
 
     def trainer_class(self) -> type[Trainer]:
+        """Seq2SeqTrainer for encoder-decoders; for decoders a Trainer whose model also takes packed batches
+        (`data.packing: true`; any other batch reaches the model unchanged)."""
         from transformers import Seq2SeqTrainer, Trainer
 
-        return Seq2SeqTrainer if self.encoder_decoder else Trainer
+        from llmkit.tasks.mechanisms.padding_free import padding_free_trainer
+
+        return Seq2SeqTrainer if self.encoder_decoder else padding_free_trainer(Trainer)
 
     def encoder(self, recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> PromptEncoder:
         separator = recipe.options.prompt_separator
@@ -239,8 +258,32 @@ class PromptToTarget(Task):
         the model makes them): the loss is then computed from the logits without handing the model labels."""
         from transformers import DataCollatorForSeq2Seq
 
+        from llmkit.tasks.mechanisms.padding_free import ExamplePacker, fine_tuning_packs, mask_style
+
+        if fine_tuning_packs(recipe, self.name):
+            if self.encoder_decoder:
+                raise LlmkitError(
+                    f"recipe field `data.packing`: packing needs a decoder-only model; task `{self.name}` on an "
+                    "encoder-decoder reads the prompt in its encoder: set data.packing: false"
+                )
+            return ExamplePacker(tokenizer, causal=True, example_labels=False, style=mask_style(model))
         decoder_inputs = model if self.encoder_decoder else None
         return DataCollatorForSeq2Seq(tokenizer, model=decoder_inputs, label_pad_token_id=-100, return_tensors="pt")
+
+    def check_notes(self, recipe: Recipe, raw: DatasetDict) -> list[str]:
+        from llmkit.tasks.mechanisms.padding_free import fine_tuning_packs
+
+        notes = super().check_notes(recipe, raw)
+        if fine_tuning_packs(recipe, self.name):
+            notes.append("packing: each batch's examples share rows, each attending only to itself (no padding)")
+        return notes
+
+    def render_example(self, batch: dict[str, Any], index: int, tokenizer: PreTrainedTokenizerBase, config: Any) -> str:
+        if "packed_spans" in batch:  # data.packing: show example `index` alone
+            from llmkit.tasks.mechanisms.padding_free import unpacked_view
+
+            batch, index = unpacked_view(batch, index), 0
+        return super().render_example(batch, index, tokenizer, config)
 
     # ------------------------------------------------------------------ evaluation and inference
 
@@ -272,6 +315,14 @@ class PromptToTarget(Task):
         predictions = self.generate(trainer.model, tokenizer, examples.to_dict(), recipe, across_processes=True)
         metrics.update({f"eval_{name}": value for name, value in self.score(predictions, examples, recipe).items()})
         return Evaluation(metrics, self.records(predictions, examples))
+
+    def export_head(self) -> Any:
+        """`llmkit export`: a decoder's next-token logits (an encoder-decoder's two graphs are not exported)."""
+        from llmkit.export.heads import Head
+
+        if self.encoder_decoder:
+            return None
+        return Head(("logits",), position_ids=True, per_token=True, generates=True)
 
     def predict(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: list[dict[str, Any]], recipe: Recipe

@@ -153,6 +153,12 @@ class ExtractiveQA(SquadFiles, Task):
         metrics.update({k: v for k, v in output.metrics.items() if k.endswith(("_runtime", "_samples_per_second"))})
         return Evaluation(metrics, answer_records(answers, examples, scores))
 
+    def export_head(self) -> Any:
+        """`llmkit export`: the span head's start and end scores."""
+        from llmkit.export.heads import Head
+
+        return Head(("start_logits", "end_logits"))
+
     def predict(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: list[dict[str, Any]], recipe: Recipe
     ) -> list[dict[str, Any]]:
