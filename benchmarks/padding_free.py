@@ -295,21 +295,6 @@ def run(quick: bool) -> list[Result]:
     return results
 
 
-def merge_summary(results: list[Result]) -> None:
-    """Put this benchmark's keys into results/summary.json, keeping every other benchmark's."""
-    path = RESULTS / "summary.json"
-    summary = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    goals = summary.setdefault("goals", {})
-    for stale in [key for key in summary if key.startswith(("padding_free_", "documents_packing_"))]:
-        summary.pop(stale)
-        goals.pop(stale, None)
-    for result in results:
-        if result.key:
-            summary[result.key] = result.score
-            goals[result.key] = {"goal": result.goal, "met": result.passed, "note": result.note}
-    path.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
-
-
 def main() -> None:
     import argparse
 
@@ -318,16 +303,11 @@ def main() -> None:
         "--quick", action="store_true", help="512/768 SST-2 rows per side instead of 4,000, half the dev set"
     )
     quick = parser.parse_args().quick
-    from benchmarks.run import configure, print_table
+    from benchmarks.run import configure, save_standalone
 
     configure(1)
-    results = run(quick)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "padding_free.json").write_text(
-        json.dumps([r.as_dict() for r in results], indent=2, default=str) + "\n", encoding="utf-8"
-    )
-    merge_summary(results)
-    print_table(results, "padding-free fine-tuning (SST-2)")
+    prefixes = ("padding_free_", "documents_packing_")
+    save_standalone("padding_free", run(quick), "padding-free fine-tuning (SST-2)", prefixes)
 
 
 if __name__ == "__main__":

@@ -192,6 +192,27 @@ def write_doc() -> None:
     path.write_text(f"{before}{start}\n{head}{table}{end}{after}", encoding="utf-8")
 
 
+def save_standalone(name: str, results: list[Any], title: str, prefixes: tuple[str, ...]) -> None:
+    """A benchmark run on its own (`python -m benchmarks.NAME`): its results file, its keys in summary.json
+    (replacing its earlier ones, keeping every other benchmark's), and its table."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(
+        json.dumps([r.as_dict() for r in results], indent=2, default=str) + "\n", encoding="utf-8"
+    )
+    path = RESULTS / "summary.json"
+    summary = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    goals = summary.setdefault("goals", {})
+    for stale in [key for key in summary if key.startswith(prefixes)]:
+        summary.pop(stale)
+        goals.pop(stale, None)
+    for result in results:
+        if result.key:
+            summary[result.key] = result.score
+            goals[result.key] = {"goal": result.goal, "met": result.passed, "note": result.note}
+    path.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+    print_table(results, title)
+
+
 def main() -> None:
     options = parse()
     sys.path.insert(0, str(REPO))

@@ -258,21 +258,6 @@ def run(quick: bool) -> list[Result]:
     return results_of(measured)
 
 
-def merge_summary(results: list[Result]) -> None:
-    """Put this benchmark's keys into results/summary.json, keeping every other benchmark's."""
-    path = RESULTS / "summary.json"
-    summary = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    goals = summary.setdefault("goals", {})
-    for stale in [key for key in summary if key.startswith("scaling_")]:
-        summary.pop(stale)
-        goals.pop(stale, None)
-    for result in results:
-        if result.key:
-            summary[result.key] = result.score
-            goals[result.key] = {"goal": result.goal, "met": result.passed, "note": result.note}
-    path.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
-
-
 def child(argv: list[str]) -> None:
     import argparse
 
@@ -303,15 +288,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="×1, ×4, ×16 (no ×64); 3 timed steps per length, not 5")
     quick = parser.parse_args().quick
-    from benchmarks.run import configure, print_table
+    from benchmarks.run import configure, save_standalone
 
     configure(1)
-    results = run(quick)
-    (RESULTS / "scaling.json").write_text(
-        json.dumps([r.as_dict() for r in results], indent=2, default=str) + "\n", encoding="utf-8"
-    )
-    merge_summary(results)
-    print_table(results, "cost as the work grows (tiny-shakespeare copies)")
+    save_standalone("scaling", run(quick), "cost as the work grows (tiny-shakespeare copies)", ("scaling_",))
 
 
 if __name__ == "__main__":

